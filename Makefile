@@ -1,0 +1,37 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Both create .venv when it is missing (torch/torchvision are pinned to the releases that this
+# project's machines install from local disk).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cxrsem-installed
+
+# Real data for the opt-in real-data tests: ../shared/data when it exists.
+SHARED_DATA ?= $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/README.md),)
+export CXRSEM_DATA_DIR ?= $(SHARED_DATA)
+endif
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cxrsem quickstart --out runs/quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cxrsem tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_phantom.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

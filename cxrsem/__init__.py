@@ -1,0 +1,54 @@
+"""cxrsem: semantic interpretation of chest X-ray models.
+
+Python API (the CLI is a thin layer over it)::
+
+    import cxrsem
+    cxrsem.list_datasets()                       # names of registered datasets
+    ds = cxrsem.create_dataset("phantom", split="train", image_size=128)
+    model = cxrsem.create_architecture("densenet-mini", num_outputs=8)
+
+Plugins implement the hooks in :mod:`cxrsem.hookspecs` with :data:`hookimpl`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from cxrsem.api import (  # noqa: E402
+    create_architecture,
+    create_concept_set,
+    create_dataset,
+    create_loss,
+    list_architectures,
+    list_concept_sets,
+    list_datasets,
+    list_losses,
+)
+from cxrsem.components import (  # noqa: E402
+    ArchitectureInfo,
+    ConceptSetInfo,
+    DatasetInfo,
+    LossInfo,
+    Option,
+)
+from cxrsem.errors import CxrsemError  # noqa: E402
+from cxrsem.hookspecs import hookimpl  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "CxrsemError",
+    "Option",
+    "DatasetInfo",
+    "ConceptSetInfo",
+    "LossInfo",
+    "ArchitectureInfo",
+    "list_datasets",
+    "list_concept_sets",
+    "list_losses",
+    "list_architectures",
+    "create_dataset",
+    "create_concept_set",
+    "create_loss",
+    "create_architecture",
+]

@@ -1,0 +1,109 @@
+"""Self-describing checkpoints (``cxrsem-checkpoint/1``), the contract between train, dissect and
+attribute.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
+
+    {"format": "cxrsem-checkpoint/1", "state_dict": {...},
+     "arch": {"name", "kwargs"}, "task": {"kind", "outputs"},
+     "input": {"size", "channels", "normalization"},
+     "train": {"dataset", "loss", "init", "epoch", "metrics", "config"},
+     "cxrsem_version": "..."}
+
+``last.pt`` additionally holds ``"resume"`` (optimizer, scheduler and RNG states).  Checkpoints are
+loaded with ``torch.load(weights_only=True)``, so a downloaded file cannot run code, and written
+atomically, so a kill mid-write never leaves a corrupt file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxrsem.errors import CheckpointError, CxrsemError
+from cxrsem.outputs import save_torch
+
+FORMAT = "cxrsem-checkpoint/1"
+REQUIRED = ("state_dict", "arch", "task", "input")
+
+
+def make_checkpoint(model: nn.Module, *, arch: str, arch_kwargs: Mapping[str, Any], task_kind: str,
+                    outputs: list[str], image_size: int, normalization: Mapping[str, Any],
+                    channels: int = 1, train: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from cxrsem import __version__
+
+    return {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "arch": {"name": arch, "kwargs": dict(arch_kwargs)},
+        "task": {"kind": task_kind, "outputs": list(outputs)},
+        "input": {"size": int(image_size), "channels": int(channels),
+                  "normalization": {k: list(v) for k, v in normalization.items()}},
+        "train": dict(train or {}),
+        "cxrsem_version": __version__,
+    }
+
+
+def save_checkpoint(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
+    return save_torch(path, dict(checkpoint))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint; any problem is one :class:`CheckpointError` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(
+            f"{path} is not a cxrsem checkpoint (format {found!r}, expected {FORMAT!r})")
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
+    return data
+
+
+def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """Instantiate the checkpoint's architecture and load its weights (strictly), in eval mode."""
+    from cxrsem.api import create_architecture
+    from cxrsem.tasks import head_size
+
+    arch = checkpoint["arch"]
+    task = checkpoint["task"]
+    num_outputs = head_size(task["kind"], len(task["outputs"]))
+    try:
+        model = create_architecture(arch["name"], num_outputs=num_outputs,
+                                    in_channels=checkpoint["input"].get("channels", 1),
+                                    **arch.get("kwargs", {}))
+    except CxrsemError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        summary = str(exc).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{source} does not fit architecture {arch['name']!r}: {summary[:200]}") from None
+    return model.eval()
+
+
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Checksum of the weights (names, dtypes, shapes and bytes), independent of file layout."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,135 @@
+"""Registration objects that plugins hand to cxrsem, and the data contracts they promise.
+
+Every dataset, concept set, loss and architecture -- built-in or third-party -- is described by one
+of the frozen dataclasses below and registered through the hooks in :mod:`cxrsem.hookspecs`.  The
+core only ever sees these objects, never a concrete class, so new components need no core change.
+
+Data contracts
+--------------
+*Training dataset* (returned by ``DatasetInfo.factory``): a ``torch.utils.data.Dataset`` with
+
+- ``outputs: dict[str, list[str]]`` -- for every task kind it can feed (see :data:`TASK_KINDS`), the
+  names of the model outputs (class names, zone names, ...);
+- ``__getitem__(i) -> dict`` with ``"image"`` (float32 ``[1, S, S]`` in ``[0, 1]``, S = image_size),
+  ``"targets"`` (``{task: tensor}``, shapes in :mod:`cxrsem.tasks`), optional ``"target_masks"``
+  (``{task: bool tensor}``, False where a label is unknown and must not enter the loss) and ``"id"``;
+- optionally ``targets(task) -> Tensor`` giving every sample's target at once without decoding images
+  (used by losses that need training-set statistics, e.g. weighted MSE); and ``describe() -> str``.
+
+*Concept set* (returned by ``ConceptSetInfo.factory``): a ``torch.utils.data.Dataset`` with
+
+- ``concepts: list[str]``;
+- ``__getitem__(i) -> dict`` with ``"image"`` (float32 ``[1, S, S]`` in ``[0, 1]``), ``"masks"``
+  (bool ``[C, M, M]`` at the annotation resolution M = mask_size, one *separate* channel per concept,
+  so overlapping annotations count for every concept they belong to) and ``"id"``.
+  A concept is present in an image exactly when its channel has a pixel set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+TASK_KINDS = ("multilabel", "global-score", "zones", "binary")
+
+OPTION_TYPES = (int, float, str, bool)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting a component accepts, settable from the config or ``--*-opt name=value``."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES:
+            raise TypeError(f"option {self.name!r}: type must be one of int, float, str, bool")
+
+
+@dataclass(frozen=True)
+class _Component:
+    name: str
+    factory: Callable[..., Any]
+    options: tuple[Option, ...] = ()
+    description: str = ""
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+    def defaults(self) -> dict[str, Any]:
+        return {o.name: o.default for o in self.options}
+
+
+@dataclass(frozen=True)
+class DatasetInfo(_Component):
+    """A training dataset.
+
+    ``factory(*, split, image_size, root, seed, **options)`` returns a dataset honouring the
+    training-dataset contract above; ``split`` is ``"train"``, ``"val"`` or ``"test"``; ``root`` is a
+    :class:`pathlib.Path` or None (only datasets with ``needs_root`` get one).
+    """
+
+    tasks: tuple[str, ...] = ()
+    needs_root: bool = False
+
+
+@dataclass(frozen=True)
+class ConceptSetInfo(_Component):
+    """An annotation source for Network Dissection (segmentation masks or boxes).
+
+    ``factory(*, image_size, mask_size, root, seed, **options)`` returns a concept set honouring the
+    concept-set contract above.
+    """
+
+    needs_root: bool = False
+    annotation: str = "mask"  # "mask" or "bbox": what the annotations are drawn from
+
+
+@dataclass(frozen=True)
+class LossInfo(_Component):
+    """A training loss for one or more task kinds (``tasks``, in order of preference).
+
+    ``factory(*, train_targets, **options)`` returns an ``nn.Module`` called as
+    ``loss(logits, targets, target_mask=None) -> scalar``; ``train_targets`` holds every training
+    target of the task (for losses that weight by training-set frequency) and may be ignored.
+    """
+
+    tasks: tuple[str, ...] = ("multilabel",)
+
+
+@dataclass(frozen=True)
+class ArchitectureInfo(_Component):
+    """A model architecture.
+
+    ``factory(*, num_outputs, in_channels, **options)`` returns an ``nn.Module`` mapping
+    ``[B, in_channels, S, S]`` to ``[B, num_outputs]``.  ``load_imagenet(model, path)`` (optional)
+    loads ImageNet weights from a local file into such a model; ``imagenet_filename`` names the file
+    torchvision would cache, so cxrsem can look for it without touching the network.
+    """
+
+    load_imagenet: Callable[[Any, Any], None] | None = None
+    imagenet_filename: str | None = None
+
+
+COMPONENT_KINDS: Mapping[str, type[_Component]] = {
+    "dataset": DatasetInfo,
+    "concept_set": ConceptSetInfo,
+    "loss": LossInfo,
+    "architecture": ArchitectureInfo,
+}
+
+
+@dataclass
+class Registration:
+    """What one plugin registered, for ``cxrsem plugins``."""
+
+    plugin: str
+    version: str | None
+    source: str  # "built-in" or the distribution name
+    components: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None

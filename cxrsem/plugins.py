@@ -1,0 +1,259 @@
+"""The plugin manager: loads built-in and third-party plugins and looks components up by name.
+
+Built-ins are listed in :data:`DEFAULT_PLUGINS` and registered exactly like third-party plugins
+found in the ``cxrsem`` entry-point group.  ``CXRSEM_DISABLE_PLUGINS=name,...`` blocks plugins by
+name.  A plugin that fails to import or whose hook raises is recorded with its error and skipped,
+so one broken plugin never takes the rest of cxrsem down.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from cxrsem import hookspecs
+from cxrsem.components import (
+    COMPONENT_KINDS,
+    ArchitectureInfo,
+    ConceptSetInfo,
+    DatasetInfo,
+    LossInfo,
+    Registration,
+    _Component,
+)
+from cxrsem.errors import PluginError, UnknownComponentError
+
+ENTRY_POINT_GROUP = "cxrsem"
+
+DEFAULT_PLUGINS = (
+    "cxrsem.default_plugins.phantom",
+    "cxrsem.default_plugins.losses",
+    "cxrsem.default_plugins.architectures",
+)
+
+_HOOK_OF_KIND = {
+    "dataset": "register_datasets",
+    "concept_set": "register_concept_sets",
+    "loss": "register_losses",
+    "architecture": "register_architectures",
+}
+_KIND_LABEL = {
+    "dataset": "dataset",
+    "concept_set": "concept set",
+    "loss": "loss",
+    "architecture": "architecture",
+}
+
+
+def disabled_plugins() -> set[str]:
+    raw = os.environ.get("CXRSEM_DISABLE_PLUGINS", "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, by kind and name, plus who registered what."""
+
+    components: dict[str, dict[str, _Component]] = field(
+        default_factory=lambda: {kind: {} for kind in COMPONENT_KINDS}
+    )
+    owners: dict[tuple[str, str], str] = field(default_factory=dict)
+    plugins: list[Registration] = field(default_factory=list)
+    pm: pluggy.PluginManager | None = None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def get(self, kind: str, name: str) -> Any:
+        found = self.components[kind].get(name)
+        if found is None:
+            raise UnknownComponentError(unknown_name_message(_KIND_LABEL[kind], name, self.names(kind)))
+        return found
+
+
+def unknown_name_message(label: str, name: str, available: Iterable[str]) -> str:
+    available = sorted(available)
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listing = ", ".join(available) if available else "(none)"
+    return f"unknown {label} {name!r}{hint} available: {listing}"
+
+
+def _plugin_distribution(module_name: str) -> tuple[str, str | None]:
+    """(source, version) of a built-in module: cxrsem's own version."""
+    from cxrsem import __version__
+
+    return "built-in", __version__
+
+
+def _make_register(registry: Registry, kind: str, plugin_name: str, record: Registration):
+    expected = COMPONENT_KINDS[kind]
+
+    def register(info: _Component) -> None:
+        if not isinstance(info, expected):
+            raise PluginError(
+                f"plugin {plugin_name!r} registered a {type(info).__name__} through "
+                f"{_HOOK_OF_KIND[kind]}; expected {expected.__name__}"
+            )
+        previous = registry.owners.get((kind, info.name))
+        if previous is not None:
+            raise PluginError(
+                f"{_KIND_LABEL[kind]} {info.name!r} is registered by two plugins: "
+                f"{previous!r} and {plugin_name!r}; disable one with CXRSEM_DISABLE_PLUGINS"
+            )
+        registry.components[kind][info.name] = info
+        registry.owners[(kind, info.name)] = plugin_name
+        record.components.setdefault(kind, []).append(info.name)
+
+    return register
+
+
+def _register_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: object, name: str,
+                     source: str, version: str | None) -> None:
+    record = Registration(plugin=name, version=version, source=source)
+    registry.plugins.append(record)
+    try:
+        pm.register(plugin, name=name)
+    except Exception as exc:  # a misspelled hook or bad signature: report, keep going
+        record.error = f"{type(exc).__name__}: {exc}"
+        return
+    # Call each hook on this plugin alone so a failure is attributed to it and nothing else.
+    for kind, hook_name in _HOOK_OF_KIND.items():
+        impl = getattr(plugin, hook_name, None)
+        if impl is None:
+            continue
+        try:
+            impl(register=_make_register(registry, kind, name, record))
+        except PluginError:
+            raise
+        except Exception as exc:
+            record.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
+
+
+def build_registry(extra_plugins: Iterable[tuple[str, object]] = (),
+                   entry_points: bool = True) -> Registry:
+    """Load every plugin and return a fresh registry (no global state touched)."""
+    pm = pluggy.PluginManager("cxrsem")
+    pm.add_hookspecs(hookspecs)
+    registry = Registry(pm=pm)
+    blocked = disabled_plugins()
+
+    for module_name in DEFAULT_PLUGINS:
+        short = module_name.rsplit(".", 1)[-1]
+        if short in blocked or module_name in blocked:
+            continue
+        source, version = _plugin_distribution(module_name)
+        module = importlib.import_module(module_name)
+        _register_plugin(registry, pm, module, module_name, source, version)
+
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in blocked:
+                continue
+            dist = getattr(ep, "dist", None)
+            source = dist.metadata["Name"] if dist is not None else "unknown distribution"
+            version = dist.version if dist is not None else None
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                registry.plugins.append(Registration(
+                    plugin=ep.name, version=version, source=source,
+                    error=f"import failed: {type(exc).__name__}: {exc}"))
+                continue
+            _register_plugin(registry, pm, plugin, ep.name, source, version)
+
+    for name, plugin in extra_plugins:
+        if name not in blocked:
+            _register_plugin(registry, pm, plugin, name, "registered at run time", None)
+
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from exc
+    return registry
+
+
+_registry: Registry | None = None
+_extra: list[tuple[str, object]] = []
+_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = build_registry(_extra)
+        return _registry
+
+
+def register_plugin(plugin: object, name: str) -> None:
+    """Register a plugin object at run time (tests, notebooks) and reload the registry."""
+    global _registry
+    with _lock:
+        _extra.append((name, plugin))
+        _registry = None
+
+
+def unregister_plugin(name: str) -> None:
+    global _registry
+    with _lock:
+        _extra[:] = [(n, p) for n, p in _extra if n != name]
+        _registry = None
+
+
+def reset() -> None:
+    """Forget the loaded registry (e.g. after changing ``CXRSEM_DISABLE_PLUGINS``)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    return get_registry().get("dataset", name)
+
+
+def get_concept_set(name: str) -> ConceptSetInfo:
+    return get_registry().get("concept_set", name)
+
+
+def get_loss(name: str) -> LossInfo:
+    return get_registry().get("loss", name)
+
+
+def get_architecture(name: str) -> ArchitectureInfo:
+    return get_registry().get("architecture", name)
+
+
+def describe_plugins(details: bool = False) -> list[dict[str, Any]]:
+    """Every loaded plugin, what it registered and (with ``details``) each component's options."""
+    registry = get_registry()
+    described = []
+    for record in registry.plugins:
+        entry: dict[str, Any] = {
+            "name": record.plugin,
+            "source": record.source,
+            "version": record.version,
+            "error": record.error,
+            "components": {kind: sorted(names) for kind, names in record.components.items()},
+        }
+        if details:
+            entry["options"] = {
+                f"{kind}:{name}": [
+                    {"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help,
+                     "choices": list(o.choices) if o.choices else None}
+                    for o in registry.components[kind][name].options
+                ]
+                for kind, names in record.components.items()
+                for name in names
+            }
+        described.append(entry)
+    return described

@@ -1,0 +1,396 @@
+"""The one training loop for every model family of the paper (Sec. 2.1 and 3).
+
+Adam without weight decay (as in the paper), ReduceLROnPlateau on the validation metric, early
+stopping with patience, one checkpoint per epoch including ``epoch-000.pt`` (the initial model, which
+the paper compares trained models against), ``best.pt``, ``last.pt`` (with optimizer, scheduler and
+RNG states so ``--resume`` continues bit-identically on CPU) and ``metrics.jsonl``.  Mixed precision
+and ``channels_last`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxrsem.api import create_architecture, create_dataset, create_loss
+from cxrsem.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from cxrsem.engine.data import make_loader, to_device
+from cxrsem.engine.device import autocast, resolve_device
+from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, normalize
+from cxrsem.errors import ConfigError, DataError, TrainingError, UsageError
+from cxrsem.options import resolve_options
+from cxrsem.outputs import ensure_output_dir, write_config, write_manifest, write_text
+from cxrsem.plugins import get_architecture, get_dataset, get_loss
+from cxrsem.tasks import head_size
+from cxrsem.training.init import initialise
+from cxrsem.training.metrics import compute_metrics, primary_metric
+
+Progress = Callable[..., None]
+
+TASK_WORDS = {
+    "multilabel": "multi-label classes",
+    "binary": "healthy/unhealthy labels",
+    "global-score": "a global severity score",
+    "zones": "zone scores",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on: names and numbers only (written as config.toml)."""
+
+    out: str
+    dataset: str = "phantom"
+    loss: str = "bce"
+    arch: str = "densenet121"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    image_size: int = 224
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    save_every: int = 1
+    init: str = "random"
+    weights: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    data_roots: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.image_size >= 32, "--image-size must be at least 32"),
+            (self.patience >= 1, "--patience must be at least 1"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (self.workers >= 0, "--workers must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def as_toml(self) -> dict[str, Any]:
+        """The resolved config in the layout of a config file (see :mod:`cxrsem.config`)."""
+        data = asdict(self)
+        components = {
+            "dataset": data.pop("dataset_options"),
+            "loss": data.pop("loss_options"),
+            "arch": data.pop("arch_options"),
+            "data_roots": data.pop("data_roots"),
+        }
+        return {"train": data, **components}
+
+    @classmethod
+    def from_toml(cls, data: dict[str, Any]) -> TrainConfig:
+        train = dict(data.get("train", {}))
+        return cls(**train, dataset_options=dict(data.get("dataset", {})),
+                   loss_options=dict(data.get("loss", {})), arch_options=dict(data.get("arch", {})),
+                   data_roots=dict(data.get("data_roots", {})))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_run: int
+    best_epoch: int
+    best_metric: tuple[str, float]
+    history: list[dict[str, Any]]
+    stopped_early: bool
+    notes: list[str]
+
+
+def _choose_task(loss_name: str, loss_tasks: tuple[str, ...], dataset_name: str,
+                 outputs: dict[str, list[str]]) -> str:
+    for task in loss_tasks:
+        if task in outputs:
+            return task
+    needs = " or ".join(TASK_WORDS.get(t, t) for t in loss_tasks)
+    provides = ", ".join(outputs) or "nothing"
+    raise UsageError(f"loss {loss_name} needs {needs}; dataset {dataset_name} provides: {provides}")
+
+
+def _all_targets(dataset: Any, task: str) -> torch.Tensor:
+    if hasattr(dataset, "targets"):
+        return dataset.targets(task)
+    return torch.stack([dataset[i]["targets"][task] for i in range(len(dataset))])
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+class _Run:
+    """State of one training run; methods are the steps of the loop."""
+
+    def __init__(self, config: TrainConfig, progress: Progress | None) -> None:
+        self.config = config
+        self.progress = progress or (lambda event, **info: None)
+        self.notes: list[str] = []
+        self.device = resolve_device(config.device)
+        self.out = ensure_output_dir(config.out)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        self.progress("note", message=message)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def build(self) -> None:
+        c = self.config
+        dataset_info, loss_info, arch_info = get_dataset(c.dataset), get_loss(c.loss), get_architecture(c.arch)
+        # Resolve component options now so a typo fails before any data is read.
+        c.dataset_options = resolve_options(dataset_info, "dataset", c.dataset_options)
+        c.loss_options = resolve_options(loss_info, "loss", c.loss_options)
+        c.arch_options = resolve_options(arch_info, "architecture", c.arch_options)
+
+        common = {"image_size": c.image_size, "seed": c.seed, "data_roots": c.data_roots}
+        self.train_set = create_dataset(c.dataset, split="train", **common, **c.dataset_options)
+        self.val_set = create_dataset(c.dataset, split="val", **common, **c.dataset_options)
+        for split, ds in (("train", self.train_set), ("val", self.val_set)):
+            if len(ds) == 0:
+                raise DataError(f"dataset {c.dataset} yields zero {split} samples")
+        self.task = _choose_task(c.loss, loss_info.tasks, c.dataset, self.train_set.outputs)
+        self.output_names = list(self.train_set.outputs[self.task])
+        if hasattr(self.train_set, "describe"):
+            self.note(self.train_set.describe())
+
+        train_targets = _all_targets(self.train_set, self.task)
+        self.train_target_mean = train_targets.float().mean(0)
+        self.loss_fn = create_loss(c.loss, train_targets=train_targets, **c.loss_options)
+
+        _seed_everything(c.seed)
+        self.model = create_architecture(
+            c.arch, num_outputs=head_size(self.task, len(self.output_names)), in_channels=1,
+            **c.arch_options)
+        for message in initialise(self.model, arch_info, c.init, c.weights):
+            self.note(message)
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=0.0)
+        self.metric_name, self.metric_mode = primary_metric(self.task)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode=self.metric_mode, factor=0.1, patience=max(1, c.patience // 2))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda"
+                                           and not torch.cuda.is_bf16_supported())
+        self.generator = torch.Generator().manual_seed(c.seed)
+        pin = self.device.type == "cuda"
+        self.train_loader = make_loader(self.train_set, batch_size=c.batch_size, shuffle=True,
+                                        generator=self.generator, workers=c.workers, pin_memory=pin)
+        self.val_loader = make_loader(self.val_set, batch_size=c.batch_size, workers=c.workers,
+                                      pin_memory=pin)
+        self.epoch = 0
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        return make_checkpoint(
+            self.model, arch=c.arch, arch_kwargs=c.arch_options, task_kind=self.task,
+            outputs=self.output_names, image_size=c.image_size, normalization=DEFAULT_NORMALIZATION,
+            train={"dataset": c.dataset, "loss": c.loss, "init": c.init, "epoch": self.epoch,
+                   "metrics": metrics, "config": _clean(c.as_toml())})
+
+    def resume_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {k: v for k, v in self.scheduler.state_dict().items()
+                          if isinstance(v, int | float | str | bool | list) or v is None},
+            "torch_rng": torch.get_rng_state(),
+            "loader_rng": self.generator.get_state(),
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": json.dumps(self.history),
+        }
+
+    def restore(self, run_dir: Path) -> None:
+        last = load_checkpoint(run_dir / "last.pt")
+        state = last.get("resume")
+        if state is None:
+            raise TrainingError(f"{run_dir / 'last.pt'} holds no resume state")
+        self.model.load_state_dict(last["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["loader_rng"])
+        self.epoch = int(last["train"]["epoch"])
+        self.best_value = state["best_value"]
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.history = json.loads(state["history"])
+        self.note(f"resumed {run_dir} after epoch {self.epoch}")
+
+    def save_epoch(self, metrics: dict[str, Any], improved: bool) -> None:
+        c = self.config
+        checkpoint = self.checkpoint(metrics)
+        if self.epoch == 0 or self.epoch % c.save_every == 0 or self.epoch == c.epochs:
+            save_checkpoint(self.out / f"epoch-{self.epoch:03d}.pt", checkpoint)
+        if improved:
+            save_checkpoint(self.out / "best.pt", checkpoint)
+        save_checkpoint(self.out / "last.pt", {**checkpoint, "resume": self.resume_state()})
+        lines = "".join(json.dumps(h, allow_nan=False) + "\n" for h in self.history)
+        write_text(self.out / "metrics.jsonl", lines)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train_epoch(self) -> float:
+        self.model.train()
+        total, count = 0.0, 0
+        started = time.perf_counter()
+        self.progress("epoch_start", epoch=self.epoch, epochs=self.config.epochs,
+                      batches=len(self.train_loader))
+        for index, batch in enumerate(self.train_loader):
+            batch = to_device(batch, self.device, non_blocking=True)
+            images = normalize(batch["image"])
+            if self.device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = batch["targets"][self.task]
+            mask = batch.get("target_masks", {}).get(self.task)
+            with autocast(self.device):
+                logits = self.model(images)
+            loss = self.loss_fn(logits.float(), targets, mask)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {self.epoch}, batch {index}; stopped, the "
+                    f"checkpoints of epoch {self.epoch - 1} are kept (try a lower --lr)")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.item() * images.shape[0]
+            count += images.shape[0]
+            elapsed = time.perf_counter() - started
+            self.progress("batch", epoch=self.epoch, batch=index, loss=loss.item(),
+                          images_per_s=count / max(elapsed, 1e-9))
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        self.model.eval()
+        logits, targets, masks = [], [], []
+        for batch in self.val_loader:
+            batch = to_device(batch, self.device)
+            with autocast(self.device):
+                logits.append(self.model(normalize(batch["image"])).float().cpu())
+            targets.append(batch["targets"][self.task].cpu())
+            if "target_masks" in batch and self.task in batch["target_masks"]:
+                masks.append(batch["target_masks"][self.task].cpu())
+        all_logits, all_targets = torch.cat(logits), torch.cat(targets)
+        all_masks = torch.cat(masks) if masks else None
+        metrics = compute_metrics(self.task, all_logits, all_targets, self.output_names, all_masks)
+        val_loss = self.loss_fn(all_logits, all_targets, all_masks).item()
+        metrics["val_loss"] = val_loss if math.isfinite(val_loss) else None
+        if self.task == "global-score":
+            # The bar a regression model must clear: always predicting the training mean.
+            metrics["mae_mean_predictor"] = float(
+                (all_targets.float() - self.train_target_mean).abs().mean())
+        elif self.task == "zones":
+            metrics["mae_mean_predictor"] = float(
+                (all_targets.float() - self.train_target_mean).abs().mean())
+        return metrics
+
+    def improved(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.metric_mode == "max" else value < self.best_value
+
+    def run(self, resume_dir: Path | None) -> TrainResult:
+        c = self.config
+        if resume_dir is not None:
+            self.restore(resume_dir)
+        else:
+            self.history = []
+            self.save_epoch({}, improved=False)  # epoch-000.pt: the initial model
+        stopped_early = False
+        while self.epoch < c.epochs:
+            self.epoch += 1
+            train_loss = self.train_epoch()
+            metrics = self.validate()
+            value = metrics[self.metric_name]
+            better = self.improved(value)
+            if better:
+                self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            else:
+                self.bad_epochs += 1
+            self.scheduler.step(value)
+            record = {"epoch": self.epoch, "train_loss": train_loss,
+                      "lr": self.optimizer.param_groups[0]["lr"], **metrics}
+            self.history.append(_finite(record))
+            self.save_epoch(_finite(metrics), improved=better)
+            self.progress("epoch_end", epoch=self.epoch, metrics=record,
+                          metric=(self.metric_name, value), best=better)
+            if self.bad_epochs >= c.patience and self.epoch < c.epochs:
+                self.note(f"early stop after epoch {self.epoch}: no better {self.metric_name} "
+                          f"for {c.patience} epochs")
+                stopped_early = True
+                break
+        return TrainResult(self.out, self.epoch, self.best_epoch,
+                           (self.metric_name, float(self.best_value)), self.history,
+                           stopped_early, self.notes)
+
+
+def _finite(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: undefined metrics are stored as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Train one model as configured; see the module docstring for what is written where."""
+    config.validate()
+    run = _Run(config, progress)
+    try:
+        run.build()
+        write_config(run.out, config.as_toml())
+        write_manifest(run.out, seed=config.seed, device=str(run.device))
+        return run.run(resume_dir=None)
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(
+            f"out of memory on {run.device} with --batch-size {config.batch_size}; lower it") from None
+
+
+def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = None,
+           progress: Progress | None = None) -> TrainResult:
+    """Continue an interrupted run from ``RUN_DIR/last.pt`` with its saved config.
+
+    ``epochs`` may extend the run; nothing else may change, so the result is the one an
+    uninterrupted run would have given.
+    """
+    import tomllib
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file() or not (run_dir / "last.pt").is_file():
+        raise UsageError(f"--resume {run_dir}: no config.toml and last.pt there to resume from")
+    try:
+        config = TrainConfig.from_toml(tomllib.loads(config_path.read_text()))
+    except (tomllib.TOMLDecodeError, TypeError) as exc:
+        raise ConfigError(f"cannot resume from {config_path}: {exc}") from None
+    config.out = str(run_dir)
+    if epochs is not None:
+        config.epochs = epochs
+    if device is not None:
+        config.device = device
+    config.validate()
+    run = _Run(config, progress)
+    run.build()
+    write_config(run.out, config.as_toml())
+    return run.run(resume_dir=run_dir)
