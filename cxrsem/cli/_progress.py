@@ -52,3 +52,35 @@ class TrainingProgress:
             line += f" (mean predictor {metrics['mae_mean_predictor']:.4f})"
         self.console.print(line, highlight=False)
         sys.stderr.flush()
+
+
+class PhaseProgress:
+    """Progress for multi-phase library calls (events: model, phase, advance, note)."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet or not self.console.is_terminal
+        self.bar: Progress | None = None
+        self.task = None
+
+    def __enter__(self) -> PhaseProgress:
+        if not self.quiet:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, event: str, **info: Any) -> None:
+        if event == "note" or (event == "model" and self.quiet):
+            self.console.print(info.get("message") or f"dissecting {info.get('path')}", highlight=False)
+        elif self.bar is not None and event in ("phase", "model"):
+            name = info.get("name") or f"model {info.get('path')}"
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(name, total=info.get("total"))
+        elif self.bar is not None and event == "advance" and self.task is not None:
+            self.bar.update(self.task, advance=info.get("amount", 1))

@@ -1,0 +1,127 @@
+"""Several concept sets dissected together, as one stream of (image, concept masks).
+
+The paper annotates units with NIH boxes and COVID segmentations at once.  Each set annotates only
+its own concepts, so an image of set A carries empty channels for set B's concepts (and therefore
+does not enter B's sums in Eq. 5).  A concept name present in two sets keeps one name per set
+(``nih-bbox/Consolidation``) unless the user maps them together.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cxrsem.api import create_concept_set
+from cxrsem.errors import DataError
+
+
+@dataclass
+class ConceptSource:
+    """The concatenation of concept sets, with one global list of concept channels."""
+
+    sets: list[tuple[str, Any]]
+    concepts: list[str]
+    channel_maps: list[list[int]]  # for each set: global channel of each of its concepts
+    image_size: int
+    mask_size: int
+    limit: int = 0
+
+    def __len__(self) -> int:
+        total = sum(len(ds) for _, ds in self.sets)
+        return min(total, self.limit) if self.limit else total
+
+    def locate(self, index: int) -> tuple[int, int]:
+        for set_index, (_, ds) in enumerate(self.sets):
+            if index < len(ds):
+                return set_index, index
+            index -= len(ds)
+        raise IndexError(index)
+
+    def set_names(self) -> list[str]:
+        return [name for name, _ in self.sets]
+
+    def concepts_of(self) -> dict[str, list[str]]:
+        return {name: list(ds.concepts) for name, ds in self.sets}
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Images ``[B, 1, S, S]`` and masks ``[B, C, M, M]`` over all concept channels."""
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for position, index in enumerate(indices):
+            set_index, local = self.locate(index)
+            groups.setdefault(set_index, []).append((position, local))
+        images = torch.zeros(len(indices), 1, self.image_size, self.image_size)
+        masks = torch.zeros(len(indices), len(self.concepts), self.mask_size, self.mask_size,
+                            dtype=torch.bool)
+        for set_index, members in groups.items():
+            name, ds = self.sets[set_index]
+            positions = [p for p, _ in members]
+            local = [i for _, i in members]
+            if hasattr(ds, "batch"):
+                set_images, set_masks = _from_batch(ds.batch(local))
+            else:
+                items = [ds[i] for i in local]
+                set_images = torch.stack([item["image"] for item in items])
+                set_masks = torch.stack([item["masks"] for item in items])
+            set_masks = self._conform(name, set_masks.bool())
+            images[positions] = set_images.float()
+            channels = torch.tensor(self.channel_maps[set_index])
+            masks[torch.tensor(positions)[:, None], channels[None, :]] = set_masks
+        return {"image": images, "masks": masks}
+
+    def _conform(self, name: str, masks: torch.Tensor) -> torch.Tensor:
+        if masks.shape[-2:] == (self.mask_size, self.mask_size):
+            return masks
+        warnings.warn(f"concept set {name!r} gave {tuple(masks.shape[-2:])} masks for seg size "
+                      f"{self.mask_size}; resized with nearest neighbour", stacklevel=2)
+        return F.interpolate(masks.float(), size=(self.mask_size, self.mask_size),
+                             mode="nearest").bool()
+
+
+def _from_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, Mapping):
+        return batch["image"], batch["masks"]
+    images, masks = batch
+    return images, masks
+
+
+def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: int, seed: int,
+                         options: Mapping[str, Mapping[str, Any]] | None = None,
+                         data_roots: Mapping[str, str] | None = None,
+                         concept_map: Mapping[str, str] | None = None,
+                         limit: int = 0) -> ConceptSource:
+    """Create every named concept set and lay their concepts out as channels.
+
+    ``concept_map`` maps qualified names (``nih-bbox/Consolidation``) to a shared channel name.
+    """
+    options = options or {}
+    unknown = set(options) - set(names)
+    if unknown:
+        raise DataError(f"options given for concept sets not being dissected: {', '.join(sorted(unknown))}")
+    sets = []
+    for name in dict.fromkeys(names):
+        ds = create_concept_set(name, image_size=image_size, mask_size=mask_size, seed=seed,
+                                data_roots=data_roots, **dict(options.get(name, {})))
+        sets.append((name, ds))
+    counts = Counter(c for _, ds in sets for c in dict.fromkeys(ds.concepts))
+    concept_map = dict(concept_map or {})
+    concepts: list[str] = []
+    channel_maps: list[list[int]] = []
+    for name, ds in sets:
+        channels = []
+        for concept in ds.concepts:
+            qualified = f"{name}/{concept}"
+            label = concept_map.get(qualified) or (qualified if counts[concept] > 1 else concept)
+            if label not in concepts:
+                concepts.append(label)
+            channels.append(concepts.index(label))
+        channel_maps.append(channels)
+    source = ConceptSource(sets, concepts, channel_maps, image_size, mask_size, limit)
+    if len(source) == 0:
+        raise DataError(f"the concept set(s) {', '.join(names)} hold no images")
+    return source

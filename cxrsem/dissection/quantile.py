@@ -1,0 +1,67 @@
+"""Exact per-unit quantile thresholds from a stream of activations, in bounded memory.
+
+Network Dissection (paper Sec. 2.2) thresholds unit k at T_k with P(f_k > T_k) = q over *all*
+activation values of the unit over the dissection set.  We take T_k as the empirical
+(1 - q)-quantile with the inverse-CDF rule, ``numpy.quantile(values, 1 - q, method="inverted_cdf")``:
+the smallest activation value v with P(f_k <= v) >= 1 - q, so at most a fraction q of values lie
+above it (exactly q when n(1 - q) is an integer and values are distinct).  Unlike interpolating
+rules it is a function of the empirical distribution alone, so duplicating the dataset leaves every
+threshold, and hence every IoU, unchanged.
+
+T_k only depends on the ``n - index`` largest values of the unit, so keeping that many per unit
+while activations stream past gives the exact threshold without holding the dataset in memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from cxrsem.errors import UsageError
+
+
+def quantile_index(n: int, quantile: float) -> int:
+    """0-based position in the ascending sort of T = ``np.quantile(v, 1 - q, method="inverted_cdf")``,
+    computed with NumPy's own floating-point steps so the two agree exactly."""
+    if not 0.0 < quantile < 1.0:
+        raise UsageError(f"--quantile must be in (0, 1), got {quantile}")
+    virtual = n * (1.0 - quantile) - 1
+    previous = math.floor(virtual)
+    index = previous if virtual - previous == 0 else previous + 1
+    return min(max(index, 0), n - 1)
+
+
+class StreamingTopQuantile:
+    """Per-unit exact threshold over ``n`` values per unit, fed in batches of ``[K, m]``."""
+
+    def __init__(self, units: int, n: int, quantile: float, device: torch.device | str = "cpu") -> None:
+        if n < 1:
+            raise UsageError("no activation values to take a quantile of")
+        self.n = n
+        self.index = quantile_index(n, quantile)
+        self.keep = n - self.index  # the threshold is the smallest of the `keep` largest values
+        self.top = torch.empty(units, 0, device=device)
+        self.seen = 0
+
+    def update(self, values: torch.Tensor) -> None:
+        merged = torch.cat([self.top, values.to(self.top.dtype)], dim=1)
+        self.seen += values.shape[1]
+        if merged.shape[1] > self.keep:
+            merged = torch.topk(merged, self.keep, dim=1, largest=True, sorted=False).values
+        self.top = merged
+
+    def thresholds(self) -> np.ndarray:
+        """Float64 ``[K]``; each is one of the unit's own activation values."""
+        if self.seen != self.n:
+            raise RuntimeError(f"expected {self.n} values per unit, got {self.seen}")
+        return self.top.min(dim=1).values.double().cpu().numpy()
+
+
+def float32_floor(thresholds: np.ndarray) -> np.ndarray:
+    """Largest float32 <= each threshold: for float32 x, ``x >= T`` iff ``x >= float32_floor(T)``."""
+    t32 = thresholds.astype(np.float32)
+    too_big = t32.astype(np.float64) > thresholds
+    t32[too_big] = np.nextafter(t32[too_big], np.float32(-np.inf))
+    return t32

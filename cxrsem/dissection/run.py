@@ -1,0 +1,278 @@
+"""Network Dissection of checkpoints (paper Sec. 2.2; Bau et al. 2017), streaming and exact.
+
+Per model: (1) one forward pass per image captures every requested layer into the disk cache, with
+the concept masks; (2) a read of the cache gives each unit's exact threshold T_k (quantile of all
+its activation values over the dissection set); (3) a second read tallies Eq. 5's IoU sums with the
+sparse matrix-product scheme of :mod:`cxrsem.dissection.tally`.  Results are written per model and
+layer (see :mod:`cxrsem.dissection.results`).
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrsem.checkpoint import build_model, load_checkpoint, state_dict_sha256
+from cxrsem.dissection.cache import DissectionCache, cache_key
+from cxrsem.dissection.concepts import ConceptSource, build_concept_source
+from cxrsem.dissection.quantile import StreamingTopQuantile, float32_floor
+from cxrsem.dissection.tally import IoUTally, update_tally
+from cxrsem.engine.device import resolve_device
+from cxrsem.engine.layers import capture, resolve_layers
+from cxrsem.engine.preprocess import normalize
+from cxrsem.errors import UsageError
+from cxrsem.outputs import ensure_output_dir
+
+Progress = Callable[..., None]
+TOP_IMAGES = 4  # top-activating images kept per unit for the Fig. 3 gallery
+
+
+@dataclass
+class DissectSettings:
+    quantile: float = 0.005
+    quantile_sample: int = 0
+    iou_threshold: float = 0.04
+    seg_size: int = 112
+    limit: int = 0
+    batch_size: int = 32
+    cache_dtype: str = "float32"
+    use_cache: bool = True
+
+    def validate(self) -> None:
+        if not 0.0 < self.quantile < 1.0:
+            raise UsageError(f"--quantile must be in (0, 1), got {self.quantile}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise UsageError(f"--iou-threshold must be in [0, 1], got {self.iou_threshold}")
+        if self.seg_size < 1 or self.batch_size < 1:
+            raise UsageError("--seg-size and --batch-size must be positive")
+        if self.limit < 0 or self.quantile_sample < 0:
+            raise UsageError("--limit and --quantile-sample must be 0 (all) or positive")
+        if self.cache_dtype not in ("float32", "float16"):
+            raise UsageError(f"cache dtype must be float32 or float16, got {self.cache_dtype!r}")
+
+
+@dataclass
+class LayerDissection:
+    """The result for one layer of one model (what ``dissection.json`` serialises)."""
+
+    layer: str
+    thresholds: np.ndarray          # [K] float64
+    iou: np.ndarray                 # [K, C] float64
+    concepts: list[str]
+    images_with: np.ndarray         # [C] images containing each concept
+    top_images: np.ndarray          # [K, TOP_IMAGES] dataset indices, by unit maximum
+    top_values: np.ndarray          # [K, TOP_IMAGES]
+    activation_min: float
+    feature_shape: tuple[int, int, int]
+    threshold_images: int
+    upsampled_fraction: float
+    threshold_error: dict[str, float] | None = None
+
+    @property
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """Best concept index and its IoU per unit (ties: the first concept in channel order)."""
+        index = self.iou.argmax(axis=1) if self.iou.size else np.zeros(len(self.thresholds), int)
+        value = self.iou[np.arange(len(index)), index] if self.iou.size else np.zeros(len(index))
+        return index, value
+
+
+@dataclass
+class ModelDissection:
+    model_path: Path
+    model_sha256: str
+    checkpoint: dict[str, Any]
+    layers: list[LayerDissection] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_reused: bool = False
+    path: str = "forward"
+
+
+def expand_models(patterns: Sequence[str | Path]) -> list[Path]:
+    """Model paths from paths or globs (``RUN/epoch-*.pt``), sorted, without duplicates."""
+    found: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        matches = sorted(glob.glob(text)) if any(ch in text for ch in "*?[") else [text]
+        if not matches:
+            raise UsageError(f"--model {text!r} matches no file")
+        found.extend(Path(m) for m in matches if Path(m) not in found)
+    return found
+
+
+def _forward_into_cache(model: torch.nn.Module, layers: list[str], source: ConceptSource,
+                        cache: DissectionCache, settings: DissectSettings, device: torch.device,
+                        normalization: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+    """Pass 1: one forward pass per image, every layer captured into the cache with the masks."""
+    cache.reset()
+    count = len(source)
+    stores: dict[str, Any] = {}
+    masks_store = cache.mask_store((len(source.concepts), settings.seg_size, settings.seg_size))
+    activation_min = {layer: float("inf") for layer in layers}
+    progress("phase", name="forward", total=count)
+    try:
+        with torch.no_grad(), capture(model, layers) as captured:
+            for start in range(0, count, settings.batch_size):
+                indices = list(range(start, min(start + settings.batch_size, count)))
+                batch = source.batch(indices)
+                model(normalize(batch["image"].to(device), normalization))
+                for layer in layers:
+                    output = captured[layer].float()
+                    if layer not in stores:
+                        stores[layer] = cache.layer_store(layer, tuple(output.shape[1:]),
+                                                          settings.cache_dtype)
+                    stores[layer].append(output.cpu().numpy())
+                    activation_min[layer] = min(activation_min[layer], float(output.min()))
+                masks_store.append(batch["masks"].numpy())
+                progress("advance", amount=len(indices))
+    finally:
+        for store in stores.values():
+            store.close()
+        masks_store.close()
+    info = {"count": count, "shapes": {layer: list(stores[layer].record_shape) for layer in layers},
+            "activation_min": activation_min, "dtype": settings.cache_dtype}
+    cache.finish(info)
+    return info
+
+
+def _thresholds(store, count: int, quantile: float, batch_size: int,
+                device: torch.device) -> tuple[np.ndarray, int]:
+    """Pass 2: exact per-unit quantile over the first ``count`` images' activations."""
+    units, h, w = store.record_shape
+    stream = StreamingTopQuantile(units, count * h * w, quantile, device=device)
+    for _, records in store.batches(batch_size, count):
+        values = torch.from_numpy(records.astype(np.float32)).to(device)
+        stream.update(values.permute(1, 0, 2, 3).reshape(units, -1))
+    return stream.thresholds(), count
+
+
+def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
+           settings: DissectSettings, device: torch.device, progress: Progress):
+    """Pass 3: IoU sums (Eq. 5) and the top-activating images of every unit."""
+    units = store.record_shape[0]
+    tally = IoUTally.zeros(units, concepts, device=device)
+    t32 = torch.from_numpy(float32_floor(thresholds)).to(device)
+    top_values = torch.full((units, 0), -float("inf"), device=device)
+    top_images = torch.zeros((units, 0), dtype=torch.int64, device=device)
+    mask_batches = masks_store.batches(settings.batch_size, count)
+    for (start, records), (_, packed) in zip(store.batches(settings.batch_size, count),
+                                             mask_batches, strict=True):
+        activations = torch.from_numpy(records.astype(np.float32)).to(device)
+        labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
+        update_tally(tally, activations, t32, labels)
+        maxima = activations.amax(dim=(2, 3)).T                      # [K, B]
+        ids = torch.arange(start, start + activations.shape[0], device=device)
+        merged_values = torch.cat([top_values, maxima], dim=1)
+        merged_images = torch.cat([top_images, ids.expand(units, -1)], dim=1)
+        keep = min(TOP_IMAGES, merged_values.shape[1])
+        top_values, order = torch.topk(merged_values, keep, dim=1)
+        top_images = torch.gather(merged_images, 1, order)
+        progress("advance", amount=activations.shape[0])
+    return tally, top_images.cpu().numpy(), top_values.cpu().numpy()
+
+
+def dissect_model(model_path: Path, layer_names: Sequence[str], source_factory: Callable[[int], ConceptSource],
+                  settings: DissectSettings, device: torch.device, cache_root: Path,
+                  progress: Progress) -> ModelDissection:
+    checkpoint = load_checkpoint(model_path)
+    model = build_model(checkpoint, source=model_path).to(device)
+    image_size = int(checkpoint["input"]["size"])
+    channels = int(checkpoint["input"].get("channels", 1))
+    layers = resolve_layers(model, layer_names, image_size, channels)
+    source = source_factory(image_size)
+    sha = state_dict_sha256(checkpoint["state_dict"])
+    result = ModelDissection(model_path, sha, checkpoint)
+
+    description = {"model_sha256": sha, "layers": layers, "concepts": source.concepts,
+                   "concept_sets": source.set_names(), "image_size": image_size,
+                   "seg_size": settings.seg_size, "limit": settings.limit, "count": len(source),
+                   "dtype": settings.cache_dtype, "source_options": getattr(source, "options", None),
+                   "seed": getattr(source, "seed", None)}
+    cache = DissectionCache(cache_root, cache_key(description), description)
+    started = time.perf_counter()
+    if settings.use_cache and cache.is_complete():
+        info = cache.meta()
+        result.cache_reused = True
+        progress("note", message=f"reusing the activation cache {cache.dir}")
+    else:
+        info = _forward_into_cache(model, layers, source, cache, settings, device,
+                                   checkpoint["input"].get("normalization"), progress)
+    result.timings["forward_and_cache"] = time.perf_counter() - started
+
+    count = info["count"]
+    sample = min(settings.quantile_sample or count, count)
+    masks_store = cache.mask_store((len(source.concepts), settings.seg_size, settings.seg_size))
+    for layer in layers:
+        store = cache.layer_store(layer, tuple(info["shapes"][layer]), info["dtype"])
+        started = time.perf_counter()
+        progress("phase", name=f"thresholds {layer}", total=None)
+        thresholds, used = _thresholds(store, sample, settings.quantile, settings.batch_size, device)
+        result.timings[f"quantile:{layer}"] = time.perf_counter() - started
+        started = time.perf_counter()
+        progress("phase", name=f"tally {layer}", total=count)
+        tally, top_images, top_values = _tally(store, masks_store, thresholds, len(source.concepts),
+                                               count, settings, device, progress)
+        result.timings[f"tally:{layer}"] = time.perf_counter() - started
+        result.layers.append(LayerDissection(
+            layer=layer, thresholds=thresholds, iou=tally.iou(), concepts=list(source.concepts),
+            images_with=tally.images_with.cpu().numpy(), top_images=top_images,
+            top_values=top_values, activation_min=info["activation_min"][layer],
+            feature_shape=tuple(info["shapes"][layer]), threshold_images=used,
+            upsampled_fraction=tally.upsampled_pairs / max(tally.total_pairs, 1)))
+    result.source = source  # type: ignore[attr-defined]  (figures need the images back)
+    result.cache = cache  # type: ignore[attr-defined]
+    return result
+
+
+def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | Path,
+            concepts: Sequence[str] = ("phantom",),
+            concept_options: Mapping[str, Mapping[str, Any]] | None = None,
+            concept_map: Mapping[str, str] | None = None,
+            data_roots: Mapping[str, str] | None = None, settings: DissectSettings | None = None,
+            device: str = "auto", seed: int = 0, figures: bool = True,
+            progress: Progress | None = None) -> list[ModelDissection]:
+    """Dissect each checkpoint in ``models`` at ``layers`` against ``concepts``; write results.
+
+    Writes ``out/<model-stem>/<layer>/`` per model and layer (see :mod:`.results`) and returns the
+    in-memory results.  Paper Sec. 2.2, Eq. 5.
+    """
+    from cxrsem.dissection.results import model_folder_names, write_layer_results
+
+    settings = settings or DissectSettings()
+    settings.validate()
+    progress = progress or (lambda event, **info: None)
+    if not layers:
+        raise UsageError("give at least one --layer")
+    model_paths = expand_models(models)
+    out = ensure_output_dir(out)
+    resolved_device = resolve_device(device)
+    sources: dict[int, ConceptSource] = {}
+
+    def source_for(image_size: int) -> ConceptSource:
+        if image_size not in sources:
+            sources[image_size] = build_concept_source(
+                concepts, image_size=image_size, mask_size=settings.seg_size, seed=seed,
+                options=concept_options, data_roots=data_roots, concept_map=concept_map,
+                limit=settings.limit)
+            sources[image_size].options = {k: dict(v) for k, v in (concept_options or {}).items()}
+            sources[image_size].seed = seed
+        return sources[image_size]
+
+    results = []
+    folders = model_folder_names(model_paths)
+    for model_path in model_paths:
+        progress("model", path=str(model_path))
+        result = dissect_model(model_path, layers, source_for, settings, resolved_device,
+                               out / ".cache", progress)
+        for layer_result in result.layers:
+            write_layer_results(out / folders[model_path], result, layer_result, settings,
+                                concepts=concepts, seed=seed, device=str(resolved_device),
+                                figures=figures)
+        results.append(result)
+    return results

@@ -1,0 +1,116 @@
+"""Test kit: tiny models, a toy concept set and helpers that plugin authors can reuse.
+
+``TestKitPlugin`` registers (through the ordinary hooks) the architecture ``tiny-conv`` and the
+concept set ``toy-blobs``; ``tiny_checkpoint`` writes a cxrsem checkpoint of any small model::
+
+    from cxrsem import plugins
+    from cxrsem.testing import TestKitPlugin, tiny_checkpoint
+    plugins.register_plugin(TestKitPlugin(), "testkit")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxrsem.checkpoint import make_checkpoint, save_checkpoint
+from cxrsem.components import ArchitectureInfo, ConceptSetInfo, Option
+from cxrsem.hookspecs import hookimpl
+
+
+class TinyConvNet(nn.Module):
+    """``features`` (two strided convs) -> global average pool -> ``classifier``."""
+
+    def __init__(self, num_outputs: int = 2, in_channels: int = 1, width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+        )
+        self.classifier = nn.Linear(width, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+class ToyBlobs(torch.utils.data.Dataset):
+    """Random images with random rectangular concept masks; deterministic per (seed, index).
+
+    ``order`` permutes the images (``"reverse"`` or ``"shuffle"``), ``repeat`` concatenates the set
+    with itself: both leave Network Dissection's results unchanged, which tests use.
+    """
+
+    concepts = ["blob-a", "blob-b", "blob-c"]
+
+    def __init__(self, image_size: int, mask_size: int, seed: int, n_images: int = 12,
+                 order: str = "identity", repeat: int = 1) -> None:
+        self.image_size, self.mask_size, self.seed = image_size, mask_size, seed
+        base = list(range(n_images))
+        if order == "reverse":
+            base = base[::-1]
+        elif order == "shuffle":
+            base = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed + 1)).tolist()
+        self.indices = base * repeat
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        index = self.indices[i]
+        g = torch.Generator().manual_seed(self.seed * 100_003 + index)
+        image = torch.rand(1, self.image_size, self.image_size, generator=g)
+        masks = torch.zeros(len(self.concepts), self.mask_size, self.mask_size, dtype=torch.bool)
+        for c in range(len(self.concepts)):
+            if torch.rand(1, generator=g).item() < 0.3:
+                continue  # this concept is absent from this image
+            y0, x0 = torch.randint(0, self.mask_size - 1, (2,), generator=g).tolist()
+            h, w = torch.randint(1, self.mask_size // 2 + 2, (2,), generator=g).tolist()
+            masks[c, y0:y0 + h, x0:x0 + w] = True
+            size = self.image_size / self.mask_size
+            image[0, int(y0 * size):int((y0 + h) * size), int(x0 * size):int((x0 + w) * size)] += 0.5 * (c + 1)
+        return {"image": image.clamp(0, 2) / 2, "masks": masks, "id": f"toy-{index:04d}"}
+
+
+class TestKitPlugin:
+    """Registers ``tiny-conv`` and ``toy-blobs`` through the ordinary hooks."""
+
+    __test__ = False  # not a pytest test class
+
+    @staticmethod
+    @hookimpl
+    def register_architectures(register):
+        register(ArchitectureInfo(
+            name="tiny-conv",
+            factory=lambda num_outputs, in_channels, width: TinyConvNet(num_outputs, in_channels, width),
+            options=(Option("width", int, 8, "channels of both convs"),),
+            description="two strided convs; for tests"))
+
+    @staticmethod
+    @hookimpl
+    def register_concept_sets(register):
+        register(ConceptSetInfo(
+            name="toy-blobs",
+            factory=lambda image_size, mask_size, root, seed, **kw: ToyBlobs(image_size, mask_size, seed, **kw),
+            options=(Option("n_images", int, 12, "images"),
+                     Option("order", str, "identity", "image order",
+                            choices=("identity", "reverse", "shuffle")),
+                     Option("repeat", int, 1, "copies of the set")),
+            description="random rectangles; for tests"))
+
+
+def tiny_checkpoint(path: str | Path, model: nn.Module | None = None, *, arch: str = "tiny-conv",
+                    arch_kwargs: dict | None = None, image_size: int = 32, task_kind: str = "multilabel",
+                    outputs: list[str] | None = None, normalization: dict | None = None,
+                    seed: int = 0) -> Path:
+    """Write a cxrsem checkpoint for ``model`` (default: a seeded ``TinyConvNet``)."""
+    if model is None:
+        torch.manual_seed(seed)
+        model = TinyConvNet(len(outputs or ["a", "b"]), 1, **(arch_kwargs or {}))
+    checkpoint = make_checkpoint(model, arch=arch, arch_kwargs=arch_kwargs or {},
+                                 task_kind=task_kind, outputs=outputs or ["a", "b"],
+                                 image_size=image_size,
+                                 normalization=normalization or {"mean": [0.0], "std": [1.0]})
+    return save_checkpoint(path, checkpoint)
