@@ -293,11 +293,8 @@ class _Run:
         metrics = compute_metrics(self.task, all_logits, all_targets, self.output_names, all_masks)
         val_loss = self.loss_fn(all_logits, all_targets, all_masks).item()
         metrics["val_loss"] = val_loss if math.isfinite(val_loss) else None
-        if self.task == "global-score":
+        if self.task in ("global-score", "zones"):
             # The bar a regression model must clear: always predicting the training mean.
-            metrics["mae_mean_predictor"] = float(
-                (all_targets.float() - self.train_target_mean).abs().mean())
-        elif self.task == "zones":
             metrics["mae_mean_predictor"] = float(
                 (all_targets.float() - self.train_target_mean).abs().mean())
         return metrics
@@ -319,27 +316,37 @@ class _Run:
             self.epoch += 1
             train_loss = self.train_epoch()
             metrics = self.validate()
-            value = metrics[self.metric_name]
-            better = self.improved(value)
-            if better:
-                self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            value = metrics.get(self.metric_name)
+            if value is None:
+                # e.g. AUROC when no validation class has both labels: no ranking this epoch.
+                self.note(f"validation {self.metric_name} is undefined at epoch {self.epoch} "
+                          f"(too few positive and negative labels); not used for best/early stop")
+                better = self.best_value is None and self.epoch == 1
+                self.bad_epochs += 0 if better else 1
             else:
-                self.bad_epochs += 1
-            self.scheduler.step(value)
+                better = self.improved(value)
+                if better:
+                    self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+                else:
+                    self.bad_epochs += 1
+                self.scheduler.step(value)
+            if better and value is None:
+                self.best_epoch = self.epoch
             record = {"epoch": self.epoch, "train_loss": train_loss,
                       "lr": self.optimizer.param_groups[0]["lr"], **metrics}
             self.history.append(_finite(record))
             self.save_epoch(_finite(metrics), improved=better)
             self.progress("epoch_end", epoch=self.epoch, metrics=record,
-                          metric=(self.metric_name, value), best=better)
+                          metric=(self.metric_name, float("nan") if value is None else value),
+                          best=better)
             if self.bad_epochs >= c.patience and self.epoch < c.epochs:
                 self.note(f"early stop after epoch {self.epoch}: no better {self.metric_name} "
                           f"for {c.patience} epochs")
                 stopped_early = True
                 break
-        return TrainResult(self.out, self.epoch, self.best_epoch,
-                           (self.metric_name, float(self.best_value)), self.history,
-                           stopped_early, self.notes)
+        best = float("nan") if self.best_value is None else float(self.best_value)
+        return TrainResult(self.out, self.epoch, self.best_epoch, (self.metric_name, best),
+                           self.history, stopped_early, self.notes)
 
 
 def _finite(values: dict[str, Any]) -> dict[str, Any]:
