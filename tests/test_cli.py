@@ -34,7 +34,7 @@ def test_help_lists_every_subcommand(capsys):
 @pytest.mark.parametrize("args, fragment", [
     (["frobnicate"], "No such command 'frobnicate'"),
     (["plugins", "--jsn"], "No such option: --jsn"),
-    (["train", "--out", "x", "--epochs", "many"], "'many' is not a valid integer"),
+    (["train", "--out", "x", "--epochs", "many"], "Invalid value for '--epochs'"),
 ])
 def test_usage_errors_are_one_line(args, fragment, capsys):
     code, _, err = run_cli(args, capsys)
@@ -76,7 +76,7 @@ def test_invalid_toml_and_unknown_keys(tmp_path, capsys):
     assert code == 2 and "bad value for 'epochs'" in err
 
     missing = tmp_path / "nope.toml"
-    code, _, err = run_cli(["plugins"] if False else ["train", "--config", str(missing), "--out", "x"], capsys)
+    code, _, err = run_cli(["train", "--config", str(missing), "--out", "x"], capsys)
     assert code == 2 and "cannot read config" in err
 
 
@@ -103,19 +103,6 @@ def test_config_gives_defaults_and_cli_wins(tmp_path, capsys, monkeypatch):
     assert config.lr == 1e-4             # default
     assert config.dataset_options == {"n_train": 50, "n_val": "20"}
     assert config.data_roots == {"nih": str(tmp_path / "nih-data")}  # relative to the config file
-
-
-@pytest.mark.parametrize("command", ["dissect", "attribute", "report"])
-def test_unfinished_commands_say_so(command, tmp_path, capsys):
-    args = {
-        "dissect": ["dissect", "--model", "m.pt", "--layer", "x", "--out", str(tmp_path)],
-        "attribute": ["attribute", "img.png", "--model", "m.pt", "--layer", "x", "--out", str(tmp_path)],
-        "report": ["report", str(tmp_path)],
-    }[command]
-    code, out, err = run_cli(args, capsys)
-    if "not implemented yet" not in err:
-        pytest.skip(f"{command} is implemented")
-    assert code == 2 and out == ""
 
 
 def test_unexpected_error_is_one_line_and_debug_shows_traceback(monkeypatch, capsys):

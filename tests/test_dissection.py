@@ -143,15 +143,18 @@ def test_constructed_indicator_unit_is_a_detector_and_noise_is_not(tmp_path):
         @staticmethod
         @hookimpl
         def register_concept_sets(register):
-            register(ConceptSetInfo(name="squares", factory=lambda image_size, mask_size, root, seed, n_images:
-                                    SquaresSet(image_size, mask_size, seed, n_images),
-                                    options=(Option("n_images", int, 16, "images"),)))
+            register(ConceptSetInfo(
+                name="squares",
+                factory=lambda image_size, mask_size, root, seed, n_images: SquaresSet(
+                    image_size, mask_size, seed, n_images),
+                options=(Option("n_images", int, 16, "images"),)))
 
         @staticmethod
         @hookimpl
         def register_architectures(register):
             from cxrsem.components import ArchitectureInfo
-            register(ArchitectureInfo(name="indicator", factory=lambda num_outputs, in_channels: IndicatorNet()))
+            register(ArchitectureInfo(name="indicator",
+                                      factory=lambda num_outputs, in_channels: IndicatorNet()))
 
     plugins.register_plugin(Plugin(), "squares")
     ckpt = tiny_checkpoint(tmp_path / "ind.pt", IndicatorNet(), arch="indicator", image_size=24,

@@ -129,7 +129,8 @@ def test_runtime_registration_and_option_validation():
     assert cxrsem.create_loss("const")().item() == 0.5
     with pytest.raises(cxrsem.CxrsemError, match="option 'value' of loss 'const' must be float"):
         cxrsem.create_loss("const", value="lots")
-    with pytest.raises(cxrsem.CxrsemError, match="unknown option for loss 'const': 'valeu'; did you mean 'value'"):
+    with pytest.raises(cxrsem.CxrsemError,
+                       match="unknown option for loss 'const': 'valeu'; did you mean 'value'"):
         cxrsem.create_loss("const", valeu=1)
 
 

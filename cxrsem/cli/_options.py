@@ -46,7 +46,7 @@ def resolve_params(ctx: typer.Context, command: str) -> tuple[dict[str, Any], di
         if source is not None and source.name != "DEFAULT":
             continue  # given on the command line: the CLI wins
         try:
-            params[name] = param.type_cast_value(ctx, value)
+            params[name] = param.process_value(ctx, value)
         except Exception as exc:  # typer's (vendored click) BadParameter, or a TypeError
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             raise ConfigError(f"bad value for {key!r} in [{command}] of {source_file!r}: {message}") from None

@@ -97,11 +97,16 @@ def build_densenet_mini(
     growth_rate: int = 12,
     block_config: str = "3,3,3,3",
     drop_rate: float = 0.0,
+    stem_pool: bool = False,
 ) -> DenseNet:
     """A small DenseNet-BC with DenseNet121's module names, for tests, demos and CPU training.
 
     Defaults: growth rate 12, 3 layers per dense block, 16 initial features, bottleneck factor 2:
     about 51k parameters and 69 units at ``features.denseblock4`` for a 1-channel input.
+
+    Without ``stem_pool`` (the default) the stem's max-pool is an identity, so ``denseblock4`` sees
+    1/16 of the input size: 6x6 at 96 px, close to DenseNet121's 7x7 at 224 px.  With the pool it
+    would be 3x3, too coarse for the masks of Network Dissection on small phantom images.
     """
     _check_sizes(num_outputs, in_channels)
     if int(growth_rate) < 1:
@@ -116,6 +121,8 @@ def build_densenet_mini(
         drop_rate=float(drop_rate),
         num_classes=int(num_outputs),
     )
+    if not stem_pool:
+        model.features.pool0 = nn.Identity()
     return _set_in_channels(model, int(in_channels))
 
 
@@ -227,6 +234,7 @@ def register_architectures(register) -> None:
             Option("growth_rate", int, 12, "channels each dense layer adds"),
             Option("block_config", str, "3,3,3,3", "layers in each of the four dense blocks"),
             Option("drop_rate", float, 0.0, "dropout after each dense layer"),
+            Option("stem_pool", bool, False, "keep the stem's max-pool (1/32 instead of 1/16 at denseblock4)"),
         ),
         description="A ~51k-parameter DenseNet with DenseNet121's layer names, for CPU training.",
     ))

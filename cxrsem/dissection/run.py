@@ -177,7 +177,8 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
     return tally, top_images.cpu().numpy(), top_values.cpu().numpy()
 
 
-def dissect_model(model_path: Path, layer_names: Sequence[str], source_factory: Callable[[int], ConceptSource],
+def dissect_model(model_path: Path, layer_names: Sequence[str],
+                  source_factory: Callable[[int], ConceptSource],
                   settings: DissectSettings, device: torch.device, cache_root: Path,
                   progress: Progress) -> ModelDissection:
     checkpoint = load_checkpoint(model_path)

@@ -70,7 +70,9 @@ class ToyBlobs(torch.utils.data.Dataset):
             h, w = torch.randint(1, self.mask_size // 2 + 2, (2,), generator=g).tolist()
             masks[c, y0:y0 + h, x0:x0 + w] = True
             size = self.image_size / self.mask_size
-            image[0, int(y0 * size):int((y0 + h) * size), int(x0 * size):int((x0 + w) * size)] += 0.5 * (c + 1)
+            rows = slice(int(y0 * size), int((y0 + h) * size))
+            cols = slice(int(x0 * size), int((x0 + w) * size))
+            image[0, rows, cols] += 0.5 * (c + 1)
         return {"image": image.clamp(0, 2) / 2, "masks": masks, "id": f"toy-{index:04d}"}
 
 
@@ -93,7 +95,8 @@ class TestKitPlugin:
     def register_concept_sets(register):
         register(ConceptSetInfo(
             name="toy-blobs",
-            factory=lambda image_size, mask_size, root, seed, **kw: ToyBlobs(image_size, mask_size, seed, **kw),
+            factory=lambda image_size, mask_size, root, seed, **kw: ToyBlobs(
+                image_size, mask_size, seed, **kw),
             options=(Option("n_images", int, 12, "images"),
                      Option("order", str, "identity", "image order",
                             choices=("identity", "reverse", "shuffle")),

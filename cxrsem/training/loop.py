@@ -147,7 +147,8 @@ class _Run:
     # -- set-up -----------------------------------------------------------------------------
     def build(self) -> None:
         c = self.config
-        dataset_info, loss_info, arch_info = get_dataset(c.dataset), get_loss(c.loss), get_architecture(c.arch)
+        dataset_info, loss_info = get_dataset(c.dataset), get_loss(c.loss)
+        arch_info = get_architecture(c.arch)
         # Resolve component options now so a typo fails before any data is read.
         c.dataset_options = resolve_options(dataset_info, "dataset", c.dataset_options)
         c.loss_options = resolve_options(loss_info, "loss", c.loss_options)
