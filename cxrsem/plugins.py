@@ -37,6 +37,11 @@ DEFAULT_PLUGINS = (
     "cxrsem.default_plugins.phantom",
     "cxrsem.default_plugins.losses",
     "cxrsem.default_plugins.architectures",
+    "cxrsem.default_plugins.nih",
+    "cxrsem.default_plugins.chexpert",
+    "cxrsem.default_plugins.brixia",
+    "cxrsem.default_plugins.covid_seg",
+    "cxrsem.default_plugins.weak",
 )
 
 _HOOK_OF_KIND = {

@@ -47,9 +47,9 @@ def test_builtins_are_registered_like_plugins():
 
 def test_unknown_name_suggests_closest_and_lists_available():
     with pytest.raises(UnknownComponentError) as info:
-        plugins.get_loss("weighted-bse")
+        plugins.get_loss("weigthed-bce")
     message = str(info.value)
-    assert "unknown loss 'weighted-bse'" in message
+    assert "unknown loss 'weigthed-bce'" in message
     assert "did you mean 'weighted-bce'?" in message
     assert "mae-scce" in message
 
@@ -79,7 +79,12 @@ def test_plugin_that_fails_to_import_is_reported_and_the_rest_works(install_dist
     with pytest.raises(SystemExit) as exit_info:
         main(["plugins"])
     assert exit_info.value.code == 0
-    assert "boom at import" in capsys.readouterr().out
+    assert "cxrsem_broken" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plugins", "--json"])
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert "boom at import" in listed["cxrsem_broken"]["error"]
+    assert listed["cxrsem.default_plugins.phantom"]["error"] is None
 
 
 def test_duplicate_name_is_an_error_naming_both_plugins(install_distribution):
