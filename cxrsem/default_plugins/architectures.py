@@ -234,7 +234,7 @@ def register_architectures(register) -> None:
             Option("growth_rate", int, 12, "channels each dense layer adds"),
             Option("block_config", str, "3,3,3,3", "layers in each of the four dense blocks"),
             Option("drop_rate", float, 0.0, "dropout after each dense layer"),
-            Option("stem_pool", bool, False, "keep the stem's max-pool (1/32 instead of 1/16 at denseblock4)"),
+            Option("stem_pool", bool, False, "keep the stem max-pool (denseblock4 at 1/32, not 1/16)"),
         ),
         description="A ~51k-parameter DenseNet with DenseNet121's layer names, for CPU training.",
     ))
