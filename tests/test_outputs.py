@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cxrsem.outputs import atomic_write, ensure_output_dir, write_config, write_json
 from cxrsem.errors import UsageError
+from cxrsem.outputs import atomic_write, ensure_output_dir, write_config, write_json
 
 
 def test_failed_write_keeps_previous_file(tmp_path):
@@ -39,3 +39,13 @@ def test_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UsageError, match="exists and is a file"):
         ensure_output_dir(tmp_path / "f")
+
+
+def test_outputs_are_not_private(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = write_json(tmp_path / "r.json", {})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

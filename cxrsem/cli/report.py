@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-from cxrsem.cli._options import ConfigOption
-from cxrsem.errors import NotImplementedYet
+from cxrsem.cli._options import ConfigOption, resolve_params
+from cxrsem.reporting import ReportResult, build_report, parse_labels
 
 
 def report(
@@ -17,11 +20,44 @@ def report(
     label: list[str] | None = typer.Option(None, "--label", metavar="DIR=NAME", help="Model labels."),
     iou_threshold: float = typer.Option(0.04, "--iou-threshold", help="Detector IoU threshold."),
     out: Path = typer.Option(Path("report.html"), "--out", help="Report file."),
-    fmt: str = typer.Option("html", "--format", help="html or md."),
+    format: str = typer.Option("html", "--format", help="html or md."),  # noqa: A002 (config key "format")
     config: Path | None = ConfigOption,
 ) -> None:
     """Write the paper's figures (detectors per concept, evolution, units, attributions) as one report."""
-    raise NotImplementedYet("`cxrsem report` is not implemented yet (issue 7)")
+    params, _ = resolve_params(ctx, "report")
+    out = params["out"]
+    if params["format"] == "md" and out == Path("report.html"):  # the default name, for Markdown
+        out = Path("report.md")
+    result = build_report(
+        params["dissect_dirs"], attributions=params["attributions"] or (),
+        labels=parse_labels(params["label"] or []), iou_threshold=params["iou_threshold"],
+        out=out, fmt=params["format"])
+    err = Console(stderr=True)
+    for warning in result.warnings:
+        # Text, not a markup string: warnings quote names from files ("[...]" is not rich markup).
+        err.print(Text.assemble(("Warning: ", "yellow"), warning), highlight=False)
+    console = Console()
+    console.print(summary_table(result))
+    written = f"report: {result.out}"
+    if len(result.files) > 1:
+        written += f" (+ {len(result.files) - 1} PNG files)"
+    console.out(written, highlight=False)
+
+
+def summary_table(result: ReportResult) -> Table:
+    table = Table(title=f"concept detectors at IoU > {result.iou_threshold:g}")
+    for column in ("model", "layer", "detectors", "unique concepts", "top concepts"):
+        table.add_column(column, justify="right" if column in ("detectors", "unique concepts") else "left")
+    for row in result.summary:
+        tops = ", ".join(f"{c} ({n})" for c, n in row.top_concepts) or "-"
+        # Names come from files: added as plain text so rich does not read them as markup.
+        table.add_row(_plain(row.model), _plain(row.layer.rsplit(".", 1)[-1]), str(row.detectors),
+                      str(row.unique_concepts), _plain(tops))
+    return table
+
+
+def _plain(text: str) -> Text:
+    return Text(text)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,321 @@
+"""Pure functions behind the report's numbers: detector counts (paper Fig. 2), their evolution
+over epochs (Fig. 4), counts against the IoU threshold, the unit gallery's choice (Fig. 3) and
+which concept drives attributions (Fig. 5).
+
+Counts are recomputed from every unit's best IoU: unit ``k`` is a detector of its best concept
+``c`` when ``IoU_{k,c} > t`` (paper Sec. 2.2, Eq. 5, ``t = 0.04``), so any threshold can be
+shown without dissecting again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cxrsem.reporting.collect import (
+    UNLABELLED,
+    AttributionSet,
+    Dissection,
+    Unit,
+    default_base_name,
+    short_layer,
+)
+
+THRESHOLDS = tuple(round(0.02 + 0.005 * i, 3) for i in range(17))  # 0.02 .. 0.10 for the curves
+TABLE_THRESHOLDS = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10)
+
+
+def is_detector(unit: Unit, threshold: float) -> bool:
+    return unit.concept is not None and unit.iou > threshold
+
+
+def detector_counts(units: Iterable[Unit], threshold: float,
+                    concepts: Sequence[str] = ()) -> dict[str, int]:
+    """Detectors per concept at ``threshold``; every name of ``concepts`` is present (maybe 0)."""
+    counts = dict.fromkeys(concepts, 0)
+    for unit in units:
+        if is_detector(unit, threshold):
+            counts[unit.concept] = counts.get(unit.concept, 0) + 1
+    return counts
+
+
+def total_detectors(units: Iterable[Unit], threshold: float) -> int:
+    return sum(1 for unit in units if is_detector(unit, threshold))
+
+
+def unique_concepts(counts: Mapping[str, int]) -> int:
+    """Concepts with at least one detector."""
+    return sum(1 for n in counts.values() if n > 0)
+
+
+def top_concepts(counts: Mapping[str, int], n: int = 3) -> list[tuple[str, int]]:
+    return sorted(((c, k) for c, k in counts.items() if k > 0), key=lambda x: (-x[1], x[0]))[:n]
+
+
+def threshold_curve(units: Sequence[Unit], thresholds: Sequence[float] = THRESHOLDS
+                    ) -> list[tuple[float, int, int]]:
+    """``(t, detectors, unique concepts)`` for each threshold."""
+    rows = []
+    for t in thresholds:
+        counts = detector_counts(units, t)
+        rows.append((float(t), sum(counts.values()), unique_concepts(counts)))
+    return rows
+
+
+def concept_order(count_maps: Iterable[Mapping[str, int]]) -> list[str]:
+    """Concepts by total detectors over all models (most first), then by name; concepts without
+    any detector are left out."""
+    totals: Counter[str] = Counter()
+    for counts in count_maps:
+        totals.update({c: n for c, n in counts.items() if n > 0})
+    return sorted(totals, key=lambda c: (-totals[c], c))
+
+
+@dataclass
+class ModelCounts:
+    dissection: Dissection
+    counts: dict[str, int]
+    total: int
+    unique: int
+    curve: list[tuple[float, int, int]]
+
+    @property
+    def name(self) -> str:
+        return self.dissection.name
+
+
+def model_counts(dissection: Dissection, threshold: float,
+                 thresholds: Sequence[float] = THRESHOLDS) -> ModelCounts:
+    counts = detector_counts(dissection.units, threshold, dissection.concepts)
+    return ModelCounts(dissection, counts, sum(counts.values()), unique_concepts(counts),
+                       threshold_curve(dissection.units, thresholds))
+
+
+def count_at(model: ModelCounts, threshold: float) -> int:
+    """Total detectors of ``model`` at ``threshold`` (from its curve when the threshold is on it)."""
+    for t, total, _ in model.curve:
+        if abs(t - threshold) < 1e-12:
+            return total
+    return total_detectors(model.dissection.units, threshold)
+
+
+@dataclass
+class RunSeries:
+    """Detector counts of one training run's checkpoints at one layer, by epoch (Fig. 4)."""
+
+    name: str
+    run_dir: str
+    layer: str
+    epochs: list[int]
+    counts: dict[str, list[int]]  # concept -> count per epoch
+    totals: list[int]
+    models: list[str] = field(default_factory=list)
+
+
+def _prefer(a: Dissection, b: Dissection) -> Dissection:
+    """Of two dissections of the same epoch (``best.pt`` and ``epoch-004.pt``), keep the
+    ``epoch-NNN`` one."""
+    return a if a.model_stem.startswith("epoch") or not b.model_stem.startswith("epoch") else b
+
+
+def _run_name(members: Iterable[Dissection]) -> str:
+    """The label shared by a run's checkpoints, else its ``dataset/loss/init`` (labels such as
+    "initial" and "trained" name checkpoints, not the run)."""
+    members = list(members)
+    bases = {d.base_name for d in members}
+    if len(bases) == 1 and all(d.label is not None for d in members):
+        return bases.pop()
+    return default_base_name(members[-1])
+
+
+def evolution_series(dissections: Sequence[Dissection], threshold: float) -> list[RunSeries]:
+    """One series per (run folder, layer) that has dissections of two or more epochs."""
+    groups: dict[tuple[str, str], dict[int, Dissection]] = {}
+    for d in dissections:
+        if d.epoch is None:
+            continue
+        by_epoch = groups.setdefault((d.run_dir, d.layer), {})
+        by_epoch[d.epoch] = _prefer(by_epoch[d.epoch], d) if d.epoch in by_epoch else d
+    runs = [(key, by_epoch) for key, by_epoch in groups.items() if len(by_epoch) >= 2]
+    layers_per_run: Counter[str] = Counter(run_dir for (run_dir, _), _ in runs)
+    run_dirs_of: dict[str, set[str]] = {}
+    for (run_dir, _), by_epoch in runs:
+        run_dirs_of.setdefault(_run_name(by_epoch.values()), set()).add(run_dir)
+    series = []
+    for (run_dir, layer), by_epoch in runs:
+        epochs = sorted(by_epoch)
+        members = [by_epoch[e] for e in epochs]
+        concepts: list[str] = []
+        for d in members:
+            concepts.extend(c for c in d.concepts if c not in concepts)
+        per_epoch = [detector_counts(d.units, threshold, concepts) for d in members]
+        name = _run_name(members)
+        if len(run_dirs_of[name]) > 1:  # two runs of one name: say which folder
+            name = f"{name} ({run_dir.rstrip('/').rsplit('/', 1)[-1] or run_dir})"
+        if layers_per_run[run_dir] > 1:
+            name = f"{name} @ {short_layer(layer)}"
+        series.append(RunSeries(
+            name=name, run_dir=run_dir, layer=layer, epochs=epochs,
+            counts={c: [counts.get(c, 0) for counts in per_epoch] for c in concepts},
+            totals=[sum(counts.values()) for counts in per_epoch], models=[d.name for d in members]))
+    return series
+
+
+def series_changes(series: RunSeries) -> list[tuple[str, int, int]]:
+    """``(concept, first, last)`` for concepts whose count differs between the first and last epoch,
+    largest change first."""
+    rows = [(c, v[0], v[-1]) for c, v in series.counts.items() if v[0] != v[-1]]
+    return sorted(rows, key=lambda r: (-abs(r[2] - r[1]), r[0]))
+
+
+@dataclass(frozen=True)
+class GalleryUnit:
+    unit: int
+    concept: str
+    iou: float
+
+
+def gallery_units(units: Sequence[Unit], threshold: float, per_concept: int = 3
+                  ) -> dict[str, list[GalleryUnit]]:
+    """The ``per_concept`` detectors of highest IoU for each concept, concepts by detector count."""
+    by_concept: dict[str, list[Unit]] = {}
+    for unit in units:
+        if is_detector(unit, threshold):
+            by_concept.setdefault(unit.concept, []).append(unit)
+    ordered = sorted(by_concept, key=lambda c: (-len(by_concept[c]), c))
+    return {c: [GalleryUnit(u.unit, c, u.iou)
+                for u in sorted(by_concept[c], key=lambda u: (-u.iou, u.unit))[:per_concept]]
+            for c in ordered}
+
+
+@dataclass(frozen=True)
+class UnitName:
+    concept: str | None  # the concept, UNLABELLED below the threshold, None when not dissected
+    best_concept: str | None
+    iou: float | None
+
+
+def unit_names(attribution_set: AttributionSet, threshold: float) -> dict[int, UnitName]:
+    """Names of the units of an attribution set: from the report's dissection at ``threshold``
+    when it has one, else the labels stored in the attribution JSON."""
+    d = attribution_set.dissection
+    if d is not None:
+        return {u.unit: UnitName(u.concept if is_detector(u, threshold) else UNLABELLED, u.concept, u.iou)
+                for u in d.units}
+    names: dict[int, UnitName] = {}
+    for item in attribution_set.items:
+        for row in item.top_k:
+            if attribution_set.own_labels:
+                concept = row.get("concept")
+                names[row["unit"]] = UnitName(None if concept is None else str(concept),
+                                              row.get("best_concept"), row.get("iou"))
+    return names
+
+
+@dataclass
+class TopUnit:
+    rank: int
+    unit: int
+    share: float
+    contribution: float | None
+    concept: str | None
+    best_concept: str | None
+    iou: float | None
+
+
+def attribution_top_units(attribution_set: AttributionSet, threshold: float) -> list[list[TopUnit]]:
+    """The top units of each attributed image, named as :func:`unit_names` says."""
+    names = unit_names(attribution_set, threshold)
+    rows = []
+    for item in attribution_set.items:
+        units = []
+        for rank, row in enumerate(item.top_k, start=1):
+            name = names.get(row["unit"], UnitName(None, None, None))
+            share = row.get("share")
+            contribution = row.get("contribution")
+            units.append(TopUnit(rank=int(row.get("rank") or rank), unit=row["unit"],
+                                 share=float(share) if isinstance(share, int | float) else 0.0,
+                                 contribution=float(contribution)
+                                 if isinstance(contribution, int | float) else None,
+                                 concept=name.concept, best_concept=name.best_concept, iou=name.iou))
+        rows.append(units)
+    return rows
+
+
+@dataclass
+class ConceptRow:
+    concept: str
+    top_unit_images: int  # images whose top contributing unit detects the concept
+    top_concept_images: int  # images where the concept's units together contribute most
+    mean_share: float | None  # mean share of the concept's units in the total contribution
+    images: int
+
+
+def top_contributor_table(attribution_set: AttributionSet, threshold: float) -> list[ConceptRow]:
+    """Which concept most often is the top contributor (paper Fig. 5, Sec. 3.5).
+
+    ``top_unit_images`` counts the images whose highest-contributing unit is labelled with the
+    concept (``unlabelled`` when that unit detects nothing at the threshold); when the attribution
+    holds every unit's contribution and a dissection names them, contributions are also summed per
+    concept (``top_concept_images``, ``mean_share``).
+    """
+    names = unit_names(attribution_set, threshold)
+    n = len(attribution_set.items)
+    top_unit: Counter[str] = Counter()
+    top_concept: Counter[str] = Counter()
+    shares: dict[str, float] = {}
+    summed = attribution_set.dissection is not None
+    for item, units in zip(attribution_set.items,
+                           attribution_top_units(attribution_set, threshold), strict=True):
+        first = units[0]
+        top_unit[first.concept or f"unit {first.unit}"] += 1
+        if summed and item.units:
+            totals: Counter[str] = Counter()
+            for unit, value in enumerate(item.units):
+                name = names.get(unit)
+                totals[name.concept if name and name.concept else UNLABELLED] += abs(value)
+            grand = sum(totals.values())
+            for concept, value in totals.items():
+                shares[concept] = shares.get(concept, 0.0) + (value / grand if grand > 0 else 0.0)
+            named = [(v, c) for c, v in totals.items() if c != UNLABELLED]
+            if named:
+                top_concept[max(named, key=lambda x: (x[0], x[1]))[1]] += 1
+    concepts = set(top_unit) | set(top_concept) | set(shares)
+    rows = [ConceptRow(c, top_unit.get(c, 0), top_concept.get(c, 0),
+                       shares[c] / n if c in shares and n else None, n) for c in concepts]
+    return sorted(rows, key=lambda r: (r.concept == UNLABELLED, -r.top_unit_images,
+                                       -r.top_concept_images, -(r.mean_share or 0.0), r.concept))
+
+
+SETTING_KEYS = (("seg_size", "seg size"), ("quantile", "quantile"), ("iou_threshold", "IoU threshold"))
+
+
+def settings_warnings(dissections: Sequence[Dissection], threshold: float) -> list[str]:
+    """Warnings for comparisons across dissections whose settings differ."""
+    warnings = []
+    for key, label in SETTING_KEYS:
+        values: dict[Any, list[str]] = {}
+        for d in dissections:
+            values.setdefault(d.settings.get(key), []).append(d.name)
+        if len(values) > 1:
+            parts = "; ".join(f"{value} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                              for value, names in values.items())
+            note = (f" -- counts here are all recomputed at IoU > {threshold}, but unit figures exist "
+                    f"only above each dissection's own threshold") if key == "iou_threshold" else (
+                " -- IoUs are not comparable across these models")
+            warnings.append(f"dissections with different {label}s are compared: {parts}{note}")
+    concept_sets: dict[tuple, list[str]] = {}
+    for d in dissections:
+        concept_sets.setdefault(tuple(sorted(d.concept_images.items())), []).append(d.name)
+    if len(concept_sets) > 1:
+        warnings.append("dissections against different concept data (concepts or image counts "
+                        "differ) are compared; see the model cards")
+    below = sorted({float(d.settings["iou_threshold"]) for d in dissections
+                    if isinstance(d.settings.get("iou_threshold"), int | float)
+                    and threshold < d.settings["iou_threshold"]})
+    if below:
+        warnings.append(f"the report's IoU threshold {threshold} is below the dissections' "
+                        f"{', '.join(map(str, below))}: units in between have no unit figure")
+    return warnings

@@ -1,0 +1,336 @@
+"""From collected results to everything a report shows (:class:`ReportData`), independent of the
+output format; :mod:`cxrsem.reporting.html` and :mod:`cxrsem.reporting.markdown` only render it."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cxrsem.reporting import figures
+from cxrsem.reporting.aggregate import (
+    THRESHOLDS,
+    ConceptRow,
+    GalleryUnit,
+    ModelCounts,
+    RunSeries,
+    TopUnit,
+    attribution_top_units,
+    concept_order,
+    evolution_series,
+    gallery_units,
+    model_counts,
+    series_changes,
+    settings_warnings,
+    top_concepts,
+    top_contributor_table,
+)
+from cxrsem.reporting.collect import UNLABELLED, AttributionSet, Collected, Dissection
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+UNITS_PER_CONCEPT = 3
+GALLERY_UNITS_PER_MODEL = 24
+GALLERY_UNITS_TOTAL = 150  # unit figures are ~80 kB each: keeps a report of many models openable
+ATTRIBUTIONS_PER_SET = 24
+
+
+def read_png(path: Path | None) -> bytes | None:
+    """The file's bytes when it is a PNG (anything else is not embedded)."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if data.startswith(PNG_SIGNATURE) else None
+
+
+@dataclass
+class GalleryItem:
+    unit: GalleryUnit
+    png: bytes | None
+    source: Path | None
+
+
+@dataclass
+class GalleryModel:
+    name: str
+    layer: str
+    concepts: list[tuple[str, list[GalleryItem]]]
+    detectors: int
+    left_out: int  # detectors beyond the per-concept / per-model limits
+    missing: int  # chosen units without a figure
+    limit: int = GALLERY_UNITS_PER_MODEL
+
+
+@dataclass
+class AttributedImage:
+    image: str
+    stem: str
+    target: str
+    prediction: float | None
+    rel_gap: float | None
+    units: list[TopUnit]
+    png: bytes | None
+    source: Path | None
+
+
+@dataclass
+class AttributionView:
+    title: str
+    folder: Path
+    model_path: str
+    layer: str | None
+    naming: str  # how units are named
+    named: bool
+    images: list[AttributedImage]
+    total: int
+    table: list[ConceptRow]
+
+
+@dataclass
+class ModelCard:
+    name: str
+    sections: list[tuple[str, list[tuple[str, str]]]]
+    metrics: list[tuple[str, str]]
+    concept_sets: list[tuple[str, list[tuple[str, int | None]]]]  # (set, [(concept, images)])
+
+
+@dataclass
+class ReportData:
+    threshold: float
+    thresholds: tuple[float, ...]
+    created: str
+    version: str
+    warnings: list[str]
+    models: list[ModelCounts]
+    concepts: list[str]
+    colors: dict[str, str]
+    observations: list[str]
+    runs: list[RunSeries]
+    run_observations: list[str]
+    gallery: list[GalleryModel]
+    attributions: list[AttributionView]
+    cards: list[ModelCard]
+    mixed_settings: bool
+    fig_detectors: bytes | None = None
+    fig_evolution: bytes | None = None
+    fig_thresholds: bytes | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def concept_text(concept: str | None, best: str | None, iou: float | None) -> str:
+    """How a top unit is named in tables: ``Consolidation (IoU 0.081)``, ``unlabelled (best: ...)``."""
+    if concept is None:
+        return "–"
+    if concept == UNLABELLED and best:
+        return f"unlabelled (best: {best}, IoU {iou:.3f})" if iou is not None else "unlabelled"
+    return f"{concept} (IoU {iou:.3f})" if iou is not None else concept
+
+
+def pretraining_chain(d: Dissection, by_path: Mapping[str, Dissection], depth: int = 5) -> str:
+    """``init`` followed back through checkpoints: ``from runs/chexpert/best.pt (chexpert/bce,
+    epoch 3) ← imagenet``.  A checkpoint's info is read from the dissections given or from its
+    run's ``config.toml``; the checkpoint itself is never loaded."""
+    parts = []
+    init = d.train.get("init")
+    run_dir = Path(d.model_path).parent if d.model_path else None
+    for _ in range(depth):
+        if init in (None, "", "random", "imagenet"):
+            parts.append(str(init or "?"))
+            break
+        path = Path(str(init))
+        if not path.is_absolute() and run_dir is not None and not path.exists():
+            path = run_dir / path  # relative paths in a config are most often relative to the run
+        known = by_path.get(str(path)) or by_path.get(str(init))
+        if known is not None:
+            parts.append(f"{init} ({known.train.get('dataset')}/{known.train.get('loss')}, epoch "
+                         f"{known.train.get('epoch')})")
+            init, run_dir = known.train.get("init"), path.parent
+            continue
+        config_path = path.parent / "config.toml"
+        try:
+            train = tomllib.loads(config_path.read_text(encoding="utf-8")).get("train", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            parts.append(f"{init} (its run config is not readable here)")
+            break
+        parts.append(f"{init} ({train.get('dataset')}/{train.get('loss')})")
+        init, run_dir = train.get("init"), path.parent
+    return " ← ".join(parts)
+
+
+def model_card(d: Dissection, counts: ModelCounts, by_path: Mapping[str, Dissection]) -> ModelCard:
+    model = d.data.get("model") if isinstance(d.data.get("model"), Mapping) else {}
+    task = model.get("task") if isinstance(model.get("task"), Mapping) else {}
+    inputs = model.get("input") if isinstance(model.get("input"), Mapping) else {}
+    run = d.run_config().get("train", {})
+    manifest = d.manifest()
+    sections = [
+        ("Model", [
+            ("checkpoint", d.model_path or "?"),
+            ("weights sha256", str(d.sha256 or "?")),
+            ("architecture", _fmt(model.get("arch"))),
+            ("task", f"{_fmt(task.get('kind'))}: {_fmt(task.get('outputs'))}"),
+            ("input", f"{_fmt(inputs.get('size'))} px, {_fmt(inputs.get('channels'))} channel(s)"),
+            ("checkpoint cxrsem version", _fmt(model.get("cxrsem_version"))),
+        ]),
+        ("Training", [
+            ("dataset", _fmt(d.train.get("dataset"))),
+            ("loss", _fmt(d.train.get("loss"))),
+            ("init / pretraining", pretraining_chain(d, by_path)),
+            ("epoch of this checkpoint", _fmt(d.epoch)),
+        ] + [(f"run {key}", _fmt(run[key])) for key in ("epochs", "batch_size", "lr", "image_size", "seed")
+             if key in run]),
+        ("Dissection", [
+            ("layer", d.layer),
+            ("units", str(d.num_units)),
+            ("feature shape", _fmt(d.data.get("feature_shape"))),
+            ("quantile (P(f_k > T_k))", _fmt(d.settings.get("quantile"))),
+            ("IoU threshold of the dissection", _fmt(d.settings.get("iou_threshold"))),
+            ("seg size", _fmt(d.settings.get("seg_size"))),
+            ("images (for T_k / for IoU)", f"{_fmt(d.settings.get('threshold_images'))} / "
+                                         f"{_fmt(d.data.get('num_images'))}"),
+            ("detectors at the report's threshold", f"{counts.total} ({plural(counts.unique, 'concept')})"),
+            ("dissected with cxrsem", _fmt(manifest.get("cxrsem"))),
+            ("dissected on", _fmt(manifest.get("created"))),
+            ("result", str(d.json_path)),
+        ]),
+    ]
+    metrics = d.train.get("metrics") if isinstance(d.train.get("metrics"), Mapping) else {}
+    concept_sets: list[tuple[str, list[tuple[str, int | None]]]] = []
+    listed: set[str] = set()
+    for entry in d.data.get("concept_sets") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        names = [str(c) for c in entry.get("concepts") or []]
+        concept_sets.append((str(entry.get("name")), [(c, d.concept_images.get(c)) for c in names]))
+        listed.update(names)
+    rest = [(c, d.concept_images.get(c)) for c in d.concepts if c not in listed]
+    if rest:
+        concept_sets.append(("other", rest))
+    return ModelCard(d.name, sections, [(str(k), _fmt(v)) for k, v in metrics.items()], concept_sets)
+
+
+def _observations(models: Sequence[ModelCounts], threshold: float) -> list[str]:
+    lines = []
+    for m in models:
+        tops = ", ".join(f"{c} ({n})" for c, n in top_concepts(m.counts, 3)) or "none"
+        share = 100.0 * m.total / m.dissection.num_units if m.dissection.num_units else 0.0
+        lines.append(f"{m.name}: {plural(m.total, 'detector')} of {m.dissection.num_units} units "
+                     f"({share:.1f}%), {plural(m.unique, 'unique concept')}; most: {tops}.")
+    if len(models) > 1:
+        best = max(models, key=lambda m: (m.total, m.unique))
+        diverse = max(models, key=lambda m: (m.unique, m.total))
+        lines.append(f"Most detectors: {best.name} ({best.total}); most unique concepts: "
+                     f"{diverse.name} ({diverse.unique}) at IoU > {threshold:g}.")
+    return lines
+
+
+def _run_observations(runs: Sequence[RunSeries]) -> list[str]:
+    lines = []
+    for run in runs:
+        first, last = run.epochs[0], run.epochs[-1]
+        changes = series_changes(run)
+        up = ", ".join(f"{c} {a}→{b}" for c, a, b in changes if b > a) or "none"
+        down = ", ".join(f"{c} {a}→{b}" for c, a, b in changes if b < a) or "none"
+        lines.append(f"{run.name}: {plural(run.totals[0], 'detector')} at epoch {first} → "
+                     f"{run.totals[-1]} at epoch {last} (peak {max(run.totals)}); increased: {up}; "
+                     f"decreased: {down}.")
+    return lines
+
+
+def gallery_limit(n_models: int) -> int:
+    return max(6, min(GALLERY_UNITS_PER_MODEL, GALLERY_UNITS_TOTAL // max(1, n_models)))
+
+
+def _gallery(m: ModelCounts, threshold: float, limit: int) -> GalleryModel:
+    chosen = gallery_units(m.dissection.units, threshold, UNITS_PER_CONCEPT)
+    concepts, shown, missing = [], 0, 0
+    for concept, units in chosen.items():
+        items = []
+        for unit in units:
+            if shown >= limit:
+                break
+            path = m.dissection.unit_figure(unit.unit)
+            png = read_png(path)
+            missing += png is None
+            items.append(GalleryItem(unit, png, path if png is not None else None))
+            shown += 1
+        if items:
+            concepts.append((concept, items))
+    return GalleryModel(m.name, m.dissection.layer, concepts, m.total, m.total - shown, missing, limit)
+
+
+def _attribution_view(s: AttributionSet, threshold: float, title: str) -> AttributionView:
+    if s.dissection is not None:
+        naming = (f"units named by the dissection of {s.dissection.name} at IoU > {threshold:g} "
+                  f"(the report's threshold)")
+    elif s.own_labels:
+        naming = ("units named by the labels stored with the attribution (its dissection is not in "
+                  "this report)")
+    else:
+        naming = "units unnamed: no dissection of this model and layer"
+    tops = attribution_top_units(s, threshold)
+    images = []
+    for item, units in list(zip(s.items, tops, strict=True))[:ATTRIBUTIONS_PER_SET]:
+        path = item.figure()
+        png = read_png(path)
+        images.append(AttributedImage(item.image, item.stem, item.target, item.prediction, item.rel_gap,
+                                      units, png, path if png is not None else None))
+    named = s.dissection is not None or s.own_labels
+    return AttributionView(title=title, folder=s.folder, model_path=s.model_path, layer=s.layer,
+                           naming=naming, named=named, images=images, total=len(s.items),
+                           table=top_contributor_table(s, threshold) if named else [])
+
+
+def assemble(collected: Collected, threshold: float, *, version: str,
+             with_figures: bool = True) -> ReportData:
+    dissections = collected.dissections
+    warnings = list(collected.warnings)
+    warnings.extend(settings_warnings(dissections, threshold))
+    models = [model_counts(d, threshold, THRESHOLDS) for d in dissections]
+    concepts = concept_order(m.counts for m in models)
+    everything = list(concepts)
+    for d in dissections:
+        everything.extend(c for c in d.concepts if c not in everything)
+    colors = figures.concept_colors(everything)
+    runs = evolution_series(dissections, threshold)
+    by_path = {d.model_path: d for d in dissections if d.model_path}
+    names = {}
+    for s in collected.attributions:
+        base = s.dissection.name if s.dissection is not None else Path(s.model_path).stem
+        names[id(s)] = base if base not in names.values() else f"{base} ({s.folder.name})"
+    data = ReportData(
+        threshold=threshold, thresholds=THRESHOLDS, version=version, warnings=warnings,
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        models=models, concepts=concepts, colors=colors,
+        observations=_observations(models, threshold), runs=runs, run_observations=_run_observations(runs),
+        gallery=[_gallery(m, threshold, gallery_limit(len(models))) for m in models],
+        attributions=[_attribution_view(s, threshold, names[id(s)]) for s in collected.attributions],
+        cards=[model_card(m.dissection, m, by_path) for m in models],
+        mixed_settings=any(w.startswith("dissections with different") for w in warnings))
+    if with_figures and models:
+        data.fig_detectors = figures.detectors_figure(models, concepts, colors, threshold)
+        data.fig_thresholds = figures.threshold_figure(models, threshold)
+    if with_figures and runs:
+        data.fig_evolution = figures.evolution_figure(runs, colors, threshold)
+    return data

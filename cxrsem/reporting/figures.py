@@ -1,0 +1,156 @@
+"""The report's figures with matplotlib, as PNG bytes: detectors per concept per model (paper
+Fig. 2), their evolution over epochs (Fig. 4) and total detectors against the IoU threshold."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cxrsem.reporting.aggregate import ModelCounts, RunSeries
+
+DPI = 110
+# tab10 first: neighbouring concepts get clearly different colours; then tab20's light shades.
+_PALETTES = (("tab10", range(10)), ("tab20", range(1, 20, 2)), ("tab20b", range(20)), ("tab20c", range(20)))
+
+
+def mpl_text(text: str, limit: int = 48) -> str:
+    """Names from plugins and files shown literally: ``$`` would start mathtext, and very long
+    names would squeeze the axes."""
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return text.replace("\\", "\\\\").replace("$", r"\$")
+
+
+def concept_colors(concepts: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per concept, the same in every figure of the report."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    colors = []
+    for name, indices in _PALETTES:
+        cmap = colormaps[name]
+        colors.extend(to_hex(cmap(i)) for i in indices)
+    return {c: colors[i % len(colors)] for i, c in enumerate(concepts)}
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _tick_label(name: str) -> str:
+    # "dataset/loss/init · epoch-004": one line each, so many models still fit side by side.
+    return "\n".join(mpl_text(part, 28) for part in name.split(" · "))
+
+
+def detectors_figure(models: Sequence[ModelCounts], concepts: Sequence[str], colors: dict[str, str],
+                     threshold: float) -> bytes:
+    """Stacked bars: one per model, a colour per concept, the total on top (Fig. 2)."""
+    n = len(models)
+    fig = _figure(min(max(5.5, 1.1 * n + 3.5), 15.0), 4.4)
+    ax = fig.add_subplot()
+    bottoms = [0] * n
+    for concept in concepts:
+        heights = [m.counts.get(concept, 0) for m in models]
+        if not any(heights):
+            continue
+        ax.bar(range(n), heights, bottom=bottoms, color=colors[concept], edgecolor="white",
+               linewidth=0.5, label=mpl_text(concept, 32), width=0.7)
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    top = max([m.total for m in models] + [1])
+    for i, m in enumerate(models):
+        ax.text(i, m.total + top * 0.015, f"{m.total}", ha="center", va="bottom", fontsize=9,
+                fontweight="bold")
+    ax.set_xticks(range(n), [_tick_label(m.name) for m in models], fontsize=7.5,
+                  rotation=0 if n <= 4 else 30, ha="center" if n <= 4 else "right")
+    ax.set_ylim(0, top * 1.12 + 0.5)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylabel("concept detectors (units)")
+    ax.set_title(f"Concept detectors per model (IoU > {threshold:g})", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    if any(m.total for m in models):
+        ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                  title="concept", title_fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no unit has an IoU above {threshold:g}", transform=ax.transAxes,
+                ha="center", va="center", color="#666666")
+    return _png(fig)
+
+
+def evolution_figure(series: Sequence[RunSeries], colors: dict[str, str], threshold: float) -> bytes:
+    """Detectors per concept against epoch for each run, and the totals of all runs (Fig. 4)."""
+    panels = len(series) + 1
+    cols = min(panels, 3)
+    rows = (panels + cols - 1) // cols
+    fig = _figure(4.4 * cols + 1.6, 3.3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    top = max([max(s.totals) for s in series] + [1])
+    shown: dict[str, object] = {}
+    for ax, run in zip(axes, series, strict=False):
+        for concept, values in run.counts.items():
+            if not any(values):
+                continue
+            (line,) = ax.plot(run.epochs, values, marker="o", markersize=3.5, linewidth=1.4,
+                              color=colors.get(concept, "#888888"), label=mpl_text(concept, 32))
+            shown.setdefault(concept, line)
+        ax.set_title(mpl_text(run.name, 60), fontsize=8.5)
+    total_ax = axes[len(series)]
+    styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v")
+    for i, run in enumerate(series):  # black: the concept colours stay unambiguous
+        total_ax.plot(run.epochs, run.totals, color="#222222", linestyle=styles[i % len(styles)],
+                      marker=markers[i % len(markers)], markersize=3.5, linewidth=1.4,
+                      label=mpl_text(run.name, 40))
+    total_ax.set_title("total detectors", fontsize=8.5)
+    total_ax.legend(fontsize=7, frameon=False, loc="best")
+    peak = max([max(v) for s in series for v in s.counts.values()] + [1])
+    for i, ax in enumerate(axes):
+        if i > len(series):
+            ax.set_visible(False)
+            continue
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("detectors")
+        ax.set_ylim(-0.2, (top if i == len(series) else peak) * 1.15 + 0.5)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.spines[["top", "right"]].set_visible(False)
+    if shown:
+        fig.legend(list(shown.values()), [mpl_text(c, 32) for c in shown], fontsize=7.5, frameon=False,
+                   loc="upper left", bbox_to_anchor=(1.0, 0.95), title="concept", title_fontsize=8)
+    fig.suptitle(f"Evolution of concept detectors over training (IoU > {threshold:g})", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def threshold_figure(models: Sequence[ModelCounts], threshold: float) -> bytes:
+    """Total detectors and unique concepts against the IoU threshold, one line per model."""
+    fig = _figure(10.0, 3.4)
+    ax_total, ax_unique = fig.subplots(1, 2)
+    for m in models:
+        ts = [t for t, _, _ in m.curve]
+        ax_total.plot(ts, [n for _, n, _ in m.curve], marker=".", linewidth=1.3, label=mpl_text(m.name, 44))
+        ax_unique.plot(ts, [u for _, _, u in m.curve], marker=".", linewidth=1.3)
+    for ax, label in ((ax_total, "detectors"), (ax_unique, "concepts with ≥1 detector")):
+        ax.axvline(threshold, color="#444444", linestyle="--", linewidth=0.9)
+        ax.set_xlabel("IoU threshold")
+        ax.set_ylabel(label)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylim(bottom=0)
+        ax.spines[["top", "right"]].set_visible(False)
+    ax_total.set_title("total detectors", fontsize=9)
+    ax_unique.set_title("unique concepts", fontsize=9)
+    if len(models) <= 12:
+        fig.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,150 @@
+"""The report as Markdown with its figures as PNG files next to it (``<stem>_files/``), for papers
+and notebooks.  Untrusted text is HTML-escaped (Markdown renderers pass HTML through) and table
+pipes are escaped."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cxrsem.outputs import write_bytes
+from cxrsem.reporting.aggregate import TABLE_THRESHOLDS, count_at
+from cxrsem.reporting.build import ReportData, concept_text
+from cxrsem.reporting.collect import short_layer
+
+# Emphasis, code, links/images (no "[" means no link, so parentheses may stay), table cells.
+_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def md(value: Any) -> str:
+    """Text shown literally: one line, Markdown punctuation backslash-escaped, ``& < >`` as HTML
+    entities (Markdown renderers pass raw HTML through)."""
+    text = _SPECIAL.sub(r"\\\1", " ".join(("" if value is None else str(value)).split()))
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return md(value)
+
+    lines = ["| " + " | ".join(md(h) for h in headers) + " |",
+             "|" + "|".join("---:" if rows and isinstance(rows[0][i], int | float) else "---"
+                            for i in range(len(headers))) + "|"]
+    lines.extend("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:60] or "item"
+
+
+class _Figures:
+    def __init__(self, folder: Path, relative: str) -> None:
+        self.folder, self.relative, self.written = folder, relative, []
+
+    def add(self, name: str, png: bytes, alt: str) -> str:
+        path = write_bytes(self.folder / name, png)
+        self.written.append(path)
+        return f"![{md(alt)}]({self.relative}/{name})"
+
+
+def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> tuple[str, list[Path]]:
+    """The Markdown text, after writing its PNGs to ``<out stem>_files/``."""
+    folder_name = f"{out.stem}_files"
+    figs = _Figures(out.parent / folder_name, folder_name)
+    t = f"{data.threshold:g}"
+    lines = ["# Semantic interpretation report", "",
+             f"{len(data.models)} dissected model(s), {len(data.runs)} run(s) over epochs; detectors at "
+             f"IoU > {t}; generated {data.created} by cxrsem {md(data.version)}.", ""]
+    if data.warnings:
+        lines += ["**Warnings**", ""] + [f"- {md(w)}" for w in data.warnings] + [""]
+
+    lines += ["## 1. Concept detectors per model (paper Fig. 2)", ""]
+    if data.fig_detectors:
+        lines += [figs.add("detectors.png", data.fig_detectors, "Detectors per concept per model"), ""]
+    lines += [f"- {md(o)}" for o in data.observations] + [""]
+    if data.models:
+        headers = ["model", "layer", "epoch", "units", "detectors", "unique concepts", *data.concepts]
+        rows = [[m.name, short_layer(m.dissection.layer), "–" if m.dissection.epoch is None
+                 else m.dissection.epoch, m.dissection.num_units, m.total, m.unique]
+                + [m.counts.get(c, 0) for c in data.concepts] for m in data.models]
+        if data.mixed_settings:
+            headers += ["seg size", "quantile", "dissection IoU thr."]
+            for row, m in zip(rows, data.models, strict=True):
+                row += [m.dissection.settings.get(k, "?") for k in ("seg_size", "quantile", "iou_threshold")]
+        lines += [md_table(headers, rows), ""]
+
+    lines += ["## 2. Evolution over epochs (paper Fig. 4)", ""]
+    if not data.runs:
+        lines += ["No run with dissections of two or more epochs was given.", ""]
+    else:
+        if data.fig_evolution:
+            lines += [figs.add("evolution.png", data.fig_evolution, "Detectors per concept over epochs"), ""]
+        lines += [f"- {md(o)}" for o in data.run_observations] + [""]
+        for run in data.runs:
+            concepts = [c for c, v in run.counts.items() if any(v)]
+            rows = [[epoch, run.totals[i]] + [run.counts[c][i] for c in concepts]
+                    for i, epoch in enumerate(run.epochs)]
+            lines += [f"### {md(run.name)}", "", md_table(["epoch", "total", *concepts], rows), ""]
+
+    lines += ["## 3. Concept detector units (paper Fig. 3)", "",
+              "Red: the unit's mask; green: the concept's annotation; IoU: dataset-wide (Eq. 5).", ""]
+    for i, g in enumerate(data.gallery):
+        lines += [f"### {md(g.name)} — {md(g.layer)}: {g.detectors} detector(s)", ""]
+        for concept, items in g.concepts:
+            lines += [f"**{md(concept)}**", ""]
+            for item in items:
+                caption = f"unit {item.unit.unit}, dataset-wide IoU {item.unit.iou:.3f}"
+                if item.png is not None:
+                    lines += [figs.add(f"units/{i:02d}-unit-{item.unit.unit:04d}.png", item.png,
+                                       f"{concept}: {caption}"), "", md(caption), ""]
+                else:
+                    lines += [f"{md(caption)} (no figure)", ""]
+        if g.left_out:
+            lines += [f"{g.left_out} more detector(s) not shown.", ""]
+
+    lines += ["## 4. Semantic attributions (paper Fig. 5)", ""]
+    if not data.attributions:
+        lines += ["No attributions were given.", ""]
+    for j, view in enumerate(data.attributions):
+        lines += [f"### {md(view.title)}", "", f"{view.total} image(s) in {md(view.folder)}; "
+                  f"{md(view.naming)}.", ""]
+        if view.table:
+            rows = [[r.concept, r.top_unit_images, r.top_concept_images if r.mean_share is not None else "–",
+                     f"{100 * r.mean_share:.1f}%" if r.mean_share is not None else "–"] for r in view.table]
+            headers = ["concept", "top unit in images", "top concept in images", "mean share"]
+            lines += [md_table(headers, rows), ""]
+        for image in view.images:
+            lines += [f"**{md(image.stem)}** — {md(image.target)}"
+                      + (f" = {image.prediction:.3f}" if image.prediction is not None else ""), ""]
+            if image.png is not None:
+                lines += [figs.add(f"attributions/{j:02d}-{_safe(image.stem)}.png", image.png,
+                                   f"attribution of {image.stem}"), ""]
+            rows = [[u.rank, u.unit, concept_text(u.concept, u.best_concept, u.iou), f"{100 * u.share:.1f}%"]
+                    for u in image.units]
+            lines += [md_table(["rank", "unit", "concept", "share"], rows), ""]
+
+    lines += ["## 5. Model cards", ""]
+    for card in data.cards:
+        lines += [f"### {md(card.name)}", ""]
+        for title, rows in card.sections:
+            if rows:
+                lines += [f"**{md(title)}**", "", md_table(["", ""], [[k, v] for k, v in rows]), ""]
+        if card.metrics:
+            lines += ["**Validation metrics**: " + ", ".join(f"{md(k)} {md(v)}" for k, v in card.metrics), ""]
+        for name, concepts in card.concept_sets:
+            listed = ", ".join(f"{c} ({'–' if n is None else n})" for c, n in concepts)
+            lines += [f"**Concept data, {md(name)}**: {md(listed)}", ""]
+
+    lines += ["## 6. Sensitivity to the IoU threshold", ""]
+    if data.fig_thresholds:
+        lines += [figs.add("thresholds.png", data.fig_thresholds, "Detectors against IoU threshold"), ""]
+    if data.models:
+        rows = [[m.name, m.total] + [count_at(m, x) for x in TABLE_THRESHOLDS] for m in data.models]
+        lines += [md_table(["model", f"at {t}"] + [f"{x:g}" for x in TABLE_THRESHOLDS], rows), ""]
+    lines += ["---", "", "Inputs: " + ", ".join(md(p) for p in inputs), ""]
+    return "\n".join(lines), figs.written
