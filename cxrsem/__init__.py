@@ -7,6 +7,11 @@ Python API (the CLI is a thin layer over it)::
     ds = cxrsem.create_dataset("phantom", split="train", image_size=128)
     model = cxrsem.create_architecture("densenet-mini", num_outputs=8)
 
+    cxrsem.train(cxrsem.TrainConfig(out="runs/x", loss="mae-scce", arch="densenet-mini"))
+    cxrsem.dissect(["runs/x/best.pt"], ["denseblock4"], out="runs/x-dissect")
+    cxrsem.attribute(["img.png"], "runs/x/best.pt", "denseblock4", dissection="runs/x-dissect")
+    cxrsem.build_report(["runs/x-dissect"], out="report.html")
+
 Plugins implement the hooks in :mod:`cxrsem.hookspecs` with :data:`hookimpl`.
 """
 
@@ -34,6 +39,25 @@ from cxrsem.components import (  # noqa: E402
 from cxrsem.errors import CxrsemError  # noqa: E402
 from cxrsem.hookspecs import hookimpl  # noqa: E402
 
+
+def __getattr__(name: str):
+    # The pipeline stages import matplotlib and friends: load them when first used.
+    lazy = {
+        "train": ("cxrsem.training", "train"),
+        "TrainConfig": ("cxrsem.training", "TrainConfig"),
+        "dissect": ("cxrsem.dissection", "dissect"),
+        "DissectSettings": ("cxrsem.dissection", "DissectSettings"),
+        "attribute": ("cxrsem.attribution", "attribute"),
+        "build_report": ("cxrsem.reporting", "build_report"),
+    }
+    if name in lazy:
+        import importlib
+
+        module, attr = lazy[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'cxrsem' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
     "hookimpl",
@@ -51,4 +75,10 @@ __all__ = [
     "create_concept_set",
     "create_loss",
     "create_architecture",
+    "train",
+    "TrainConfig",
+    "dissect",
+    "DissectSettings",
+    "attribute",
+    "build_report",
 ]
