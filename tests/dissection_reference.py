@@ -39,13 +39,16 @@ def naive_dissection(activations: np.ndarray, masks: np.ndarray, quantile: float
     inter = np.zeros((units, concepts))
     union = np.zeros((units, concepts))
     for n in range(n_images):
-        up = bilinear_upsample(activations[n].astype(np.float64), size)
+        # Interpolating (a - T) and testing >= 0 is the same rule as up(a) >= T, without letting
+        # rounding decide pixels whose neighbourhood equals T (T is one of the unit's values).
+        centred = activations[n].astype(np.float64) - thresholds[:, None, None]
+        up = bilinear_upsample(centred, size)
         for c in range(concepts):
             label = masks[n, c]
             if not label.any():
                 continue  # Eq. 5 sums over the images that contain concept c
             for k in range(units):
-                unit_mask = up[k] >= thresholds[k]
+                unit_mask = up[k] >= 0
                 inter[k, c] += np.logical_and(unit_mask, label).sum()
                 union[k, c] += np.logical_or(unit_mask, label).sum()
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from cxrsem.dissection.tally import unit_masks as unit_masks_at  # noqa: E402
 from cxrsem.outputs import write_bytes  # noqa: E402
 
 
@@ -43,10 +44,9 @@ def summary_figure(path: Path, record: dict[str, Any]) -> Path:
 def unit_masks(result, layer, unit: int, indices: list[int], image_size: int) -> np.ndarray:
     """The unit's binary masks M_k at image resolution for display (same rule as the tally)."""
     store = result.cache.layer_store(layer.layer, layer.feature_shape, result.cache.meta()["dtype"])
-    maps = torch.stack([torch.from_numpy(store.read(i)[unit].astype(np.float32)) for i in indices])
-    up = F.interpolate(maps[:, None], size=(image_size, image_size), mode="bilinear",
-                       align_corners=False)[:, 0]
-    return (up.double() >= layer.thresholds[unit]).numpy()
+    maps = torch.stack([torch.from_numpy(store.read(i)[unit].astype(np.float64)) for i in indices])
+    thresholds = torch.full((len(indices),), float(layer.thresholds[unit]), dtype=torch.float64)
+    return unit_masks_at(maps, thresholds, (image_size, image_size)).numpy()
 
 
 def unit_figure(path: Path, result, layer, unit: dict[str, Any], settings) -> Path:

@@ -57,11 +57,3 @@ class StreamingTopQuantile:
         if self.seen != self.n:
             raise RuntimeError(f"expected {self.n} values per unit, got {self.seen}")
         return self.top.min(dim=1).values.double().cpu().numpy()
-
-
-def float32_floor(thresholds: np.ndarray) -> np.ndarray:
-    """Largest float32 <= each threshold: for float32 x, ``x >= T`` iff ``x >= float32_floor(T)``."""
-    t32 = thresholds.astype(np.float32)
-    too_big = t32.astype(np.float64) > thresholds
-    t32[too_big] = np.nextafter(t32[too_big], np.float32(-np.inf))
-    return t32

@@ -22,7 +22,7 @@ import torch
 from cxrsem.checkpoint import build_model, load_checkpoint, state_dict_sha256
 from cxrsem.dissection.cache import DissectionCache, cache_key
 from cxrsem.dissection.concepts import ConceptSource, build_concept_source
-from cxrsem.dissection.quantile import StreamingTopQuantile, float32_floor
+from cxrsem.dissection.quantile import StreamingTopQuantile
 from cxrsem.dissection.tally import IoUTally, update_tally
 from cxrsem.engine.device import resolve_device
 from cxrsem.engine.layers import capture, resolve_layers
@@ -157,7 +157,7 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
     """Pass 3: IoU sums (Eq. 5) and the top-activating images of every unit."""
     units = store.record_shape[0]
     tally = IoUTally.zeros(units, concepts, device=device)
-    t32 = torch.from_numpy(float32_floor(thresholds)).to(device)
+    thresholds_t = torch.from_numpy(thresholds).to(device)
     top_values = torch.full((units, 0), -float("inf"), device=device)
     top_images = torch.zeros((units, 0), dtype=torch.int64, device=device)
     mask_batches = masks_store.batches(settings.batch_size, count)
@@ -165,7 +165,7 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
                                              mask_batches, strict=True):
         activations = torch.from_numpy(records.astype(np.float32)).to(device)
         labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
-        update_tally(tally, activations, t32, labels)
+        update_tally(tally, activations, thresholds_t, labels)
         maxima = activations.amax(dim=(2, 3)).T                      # [K, B]
         ids = torch.arange(start, start + activations.shape[0], device=device)
         merged_values = torch.cat([top_values, maxima], dim=1)

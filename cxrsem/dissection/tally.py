@@ -7,7 +7,11 @@ For unit k and concept c, over the images x that contain c::
 with S'_k the unit's map bilinearly upsampled to the annotation size.  Per batch, only the
 (image, unit) pairs whose low-resolution maximum reaches T_k are upsampled: bilinear interpolation
 is a convex combination of its inputs, so it never exceeds their maximum, and every other pair has
-an empty mask.  At the 0.5% quantile that skips most pairs.  Intersections of the remaining masks
+an empty mask.  At the 0.5% quantile that skips most pairs.
+
+The comparison is made exact by interpolating ``a - T_k`` in float64 and testing ``>= 0``: T_k is
+one of the unit's own values, so neighbourhoods equal to it give exactly 0 (interpolating ``a`` in
+float32 and comparing with T_k would let rounding decide those pixels).  Intersections of the remaining masks
 with all concepts of their image are one matrix product per image; unions follow from mask sizes:
 ``|M u L| = |M| + |L| - |M n L|``.  Counts are int64 (the per-image float32 products are exact:
 they are integers below 2^24).
@@ -21,9 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Margin on the skip test: float rounding in the interpolation can exceed the inputs' maximum by a
-# few ulp, so pairs within this relative distance of the threshold are upsampled to stay exact.
-_SKIP_MARGIN = 1e-5
+def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """M_k = S'_k >= T_k for maps ``[P, h, w]`` with thresholds ``[P]``: bool ``[P, *size]``."""
+    centred = maps.double() - thresholds.double()[:, None, None]
+    upsampled = F.interpolate(centred.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    return upsampled[:, 0] >= 0
 
 
 @dataclass
@@ -52,30 +58,27 @@ class IoUTally:
         return out
 
 
-def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds32: torch.Tensor,
+def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.Tensor,
                  labels: torch.Tensor) -> None:
-    """Add one batch: ``activations [B, K, h, w]`` (float32), ``thresholds32 [K]`` (float32 floor
-    of T_k), ``labels [B, C, M, M]`` (bool concept masks at the annotation size)."""
+    """Add one batch: ``activations [B, K, h, w]``, ``thresholds [K]`` (float64 T_k), ``labels
+    [B, C, M, M]`` (bool concept masks at the annotation size)."""
     batch, _units, _, _ = activations.shape
     size = labels.shape[-2:]
     flat_labels = labels.reshape(batch, labels.shape[1], -1)
     present = flat_labels.any(dim=2)                                 # [B, C]
     tally.label_area += flat_labels.sum(dim=2).sum(dim=0)
     tally.images_with += present.sum(dim=0)
-    tally.total_pairs += batch * thresholds32.numel()
+    tally.total_pairs += batch * thresholds.numel()
 
-    maxima = activations.amax(dim=(2, 3))                            # [B, K]
-    skip_below = thresholds32 - _SKIP_MARGIN * thresholds32.abs()
+    maxima = activations.amax(dim=(2, 3)).double()                   # [B, K]
     # Pairs on images with no concept at all cannot contribute to any sum of Eq. 5.
-    candidates = (maxima >= skip_below[None, :]) & present.any(dim=1, keepdim=True)
+    candidates = (maxima >= thresholds[None, :]) & present.any(dim=1, keepdim=True)
     image_idx, unit_idx = candidates.nonzero(as_tuple=True)
     if image_idx.numel() == 0:
         return
     tally.upsampled_pairs += image_idx.numel()
 
-    maps = activations[image_idx, unit_idx].unsqueeze(1)             # [P, 1, h, w]
-    upsampled = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    masks = (upsampled.flatten(1) >= thresholds32[unit_idx, None])   # [P, M*M]
+    masks = unit_masks(activations[image_idx, unit_idx], thresholds[unit_idx], size).flatten(1)
     areas = masks.sum(dim=1)                                         # [P]
 
     present_of_pair = present[image_idx].to(torch.int64)             # [P, C]
