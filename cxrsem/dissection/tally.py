@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+
 def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """M_k = S'_k >= T_k for maps ``[P, h, w]`` with thresholds ``[P]``: bool ``[P, *size]``."""
     centred = maps.double() - thresholds.double()[:, None, None]
