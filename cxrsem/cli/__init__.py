@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
@@ -61,10 +62,17 @@ def _is_click_error(exc: BaseException) -> bool:
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # Warnings are for users here (skipped files, resized masks): one plain line each.
+    typer.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    if not debug:
+        warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="cxrsem", standalone_mode=False)
