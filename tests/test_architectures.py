@@ -39,7 +39,8 @@ def test_registration():
     assert dn.load_imagenet is not None
     mini = reg.get("architecture", "densenet-mini")
     assert mini.load_imagenet is None and mini.imagenet_filename is None
-    assert mini.defaults() == {"growth_rate": 12, "block_config": "3,3,3,3", "drop_rate": 0.0}
+    assert mini.defaults() == {"growth_rate": 12, "block_config": "3,3,3,3", "drop_rate": 0.0,
+                               "stem_pool": False}
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
@@ -104,7 +105,17 @@ def test_fx_traceable_and_denseblock4_is_a_node(name):
     extractor = create_feature_extractor(model, return_nodes={"features.denseblock4": "block4"})
     with torch.no_grad():
         feats = extractor(torch.rand(1, 1, 64, 64))["block4"]
-    assert feats.shape == (1, model.features.norm5.num_features, 2, 2)
+    # densenet121 reaches denseblock4 at 1/32 of the input; densenet-mini (no stem pool) at 1/16.
+    side = 64 // (16 if name == "densenet-mini" else 32)
+    assert feats.shape == (1, model.features.norm5.num_features, side, side)
+
+
+def test_densenet_mini_stem_pool_option_halves_the_map():
+    with_pool = cxrsem.create_architecture("densenet-mini", num_outputs=2, stem_pool=True)
+    without = cxrsem.create_architecture("densenet-mini", num_outputs=2)
+    x = torch.rand(1, 1, 96, 96)
+    with torch.no_grad():
+        assert with_pool.features(x).shape[-1] == 3 and without.features(x).shape[-1] == 6
 
 
 # -- ImageNet weights from a local file ------------------------------------------------------------

@@ -1,0 +1,37 @@
+"""The quickstart pipeline end to end, at toy size: every stage runs and hands over its files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cxrsem.cli import main
+from cxrsem.quickstart import QuickstartSettings, run_quickstart
+
+
+@pytest.mark.slow
+def test_quickstart_runs_every_stage(tmp_path):
+    settings = QuickstartSettings(out=str(tmp_path / "qs"), device="cpu", image_size=48, samples=2,
+                                  n_train=64, n_val=32, epochs=1, batch_size=16,
+                                  dissect_images=24, attribution_steps=8)
+    result = run_quickstart(settings)
+    out = tmp_path / "qs"
+    assert (out / "samples" / "phantom-test-000000.png").is_file()
+    assert result.training.epochs_run == 1
+    for stem in ("epoch-000", "epoch-001"):
+        record = json.loads((out / "dissect" / stem / "features.denseblock4" / "dissection.json").read_text())
+        assert record["model"]["path"].endswith(f"{stem}.pt")
+    assert len(result.attributions) == 2
+    attribution = json.loads(next((out / "attributions").glob("*.json")).read_text())
+    assert attribution["layer"] == "features.denseblock4"
+    html = (out / "report.html").read_text()
+    assert "initial (epoch 0)" in html and "trained (epoch 001)" in html
+
+
+def test_quickstart_refuses_an_output_file(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("keep")
+    with pytest.raises(SystemExit) as info:
+        main(["quickstart", "--out", str(target)])
+    assert info.value.code == 2 and target.read_text() == "keep"
