@@ -32,9 +32,9 @@ class QuickstartSettings:
     device: str = "auto"
     image_size: int = 96
     samples: int = 6
-    n_train: int = 1200
+    n_train: int = 1600
     n_val: int = 200
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 2e-3
     dissect_images: int = 300

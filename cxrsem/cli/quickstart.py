@@ -39,7 +39,7 @@ def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Output folder."),
     seed: int = SeedOption,
     device: str = DeviceOption,
-    epochs: int = typer.Option(4, "--epochs", help="Training epochs of the small severity model."),
+    epochs: int = typer.Option(6, "--epochs", help="Training epochs of the small severity model."),
     quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
     config: Path | None = ConfigOption,
 ) -> None:
