@@ -65,8 +65,8 @@ def quickstart(
         table.add_column(column)
     for item in result.attributions:
         top = item.top_k[0]
-        table.add_row(Path(item.data["image"]).name, f"{item.data['target']['value']:.2f}"
-                      if "value" in item.data.get("target", {}) else "-",
+        predicted = item.data["prediction"].get(item.data["target"]["name"])
+        table.add_row(Path(item.data["image"]).name, "-" if predicted is None else f"{predicted:.2f}",
                       str(top["unit"]), str(top.get("concept") or "unlabelled"), f"{top['share']:.0%}")
     console.print(table)
     console.print(f"report: {result.report}", highlight=False)
