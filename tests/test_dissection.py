@@ -190,3 +190,42 @@ def test_outputs_and_cache_reuse(tmp_path):
     second = dissect([ckpt], ["features"], **kwargs)[0]
     assert second.cache_reused
     np.testing.assert_array_equal(first.layers[0].iou, second.layers[0].iou)
+
+
+class OtherBlobs(ToyBlobs):
+    """Same concept names as toy-blobs plus one that never occurs; masks at half resolution."""
+
+    concepts = ["blob-a", "never-seen"]
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        masks = torch.zeros(2, self.mask_size // 2, self.mask_size // 2, dtype=torch.bool)
+        masks[0] = item["masks"][0, ::2, ::2]
+        return {**item, "masks": masks}
+
+
+def test_several_concept_sets_keep_names_apart_and_report_absent_concepts(tmp_path):
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_concept_sets(register):
+            register(ConceptSetInfo(
+                name="other-blobs",
+                factory=lambda image_size, mask_size, root, seed: OtherBlobs(
+                    image_size, mask_size, seed + 7)))
+
+    plugins.register_plugin(Plugin(), "other")
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    with pytest.warns(UserWarning, match="resized with nearest neighbour"):
+        layer = dissect([ckpt], ["features"], out=tmp_path / "out",
+                        concepts=["toy-blobs", "other-blobs"],
+                        settings=DissectSettings(quantile=0.05, seg_size=16), figures=False)[0].layers[0]
+    # Only the name both sets use is qualified by its set.
+    assert layer.concepts == ["toy-blobs/blob-a", "blob-b", "blob-c", "other-blobs/blob-a", "never-seen"]
+    assert layer.images_with[-1] == 0 and (layer.iou[:, -1] == 0).all()
+    record = json.loads((tmp_path / "out" / "m" / "features" / "dissection.json").read_text())
+    assert record["num_images"] == 24
+    assert {c["name"]: c["images"] for c in record["concepts"]}["never-seen"] == 0
+    # Each set annotates only its own 12 images: a channel shared across sets could reach 24.
+    counts = {c["name"]: c["images"] for c in record["concepts"]}
+    assert 0 < counts["toy-blobs/blob-a"] <= 12 and 0 < counts["other-blobs/blob-a"] <= 12
