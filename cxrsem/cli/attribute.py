@@ -21,8 +21,9 @@ class _AttributionProgress:
 
     def __call__(self, event: str, **info: Any) -> None:
         if event == "skipped":
+            # soft_wrap: a warning stays one line however long the path (scripts grep for it).
             self.console.print(f"[yellow]Warning:[/yellow] skipped {info['image']}: "
-                               f"{info['reason']}", highlight=False)
+                               f"{info['reason']}", highlight=False, soft_wrap=True)
         elif event == "start" and info.get("reason"):
             self.console.print(f"[dim]split: {info['path']} ({info['reason']})[/dim]",
                                highlight=False)

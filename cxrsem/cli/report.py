@@ -35,7 +35,7 @@ def report(
     err = Console(stderr=True)
     for warning in result.warnings:
         # Text, not a markup string: warnings quote names from files ("[...]" is not rich markup).
-        err.print(Text.assemble(("Warning: ", "yellow"), warning), highlight=False)
+        err.print(Text.assemble(("Warning: ", "yellow"), warning), highlight=False, soft_wrap=True)
     console = Console()
     console.print(summary_table(result))
     written = f"report: {result.out}"
