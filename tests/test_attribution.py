@@ -11,27 +11,19 @@ from captum.attr import IntegratedGradients
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
-import cxrsem
 from cxrsem.attribution.ig import layer_integrated_gradients
 from cxrsem.attribution.quadrature import METHODS, captum_method, nodes_weights
 from cxrsem.engine.split import split_at
 from cxrsem.errors import UsageError
+from cxrsem.testing import mini_densenet
 
 LAYER = "features.denseblock4"
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is faster (and steadier on a shared machine) than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mini(seed: int = 0, outputs: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    return cxrsem.create_architecture("densenet-mini", num_outputs=outputs,
-                                      in_channels=1).eval().double()
+    return mini_densenet(seed, outputs).double()
 
 
 def _perturb_batchnorm(model: nn.Module, seed: int, scale: float) -> nn.Module:

@@ -6,24 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-import cxrsem
 from cxrsem.attribution.ig import layer_integrated_gradients
 from cxrsem.engine.split import SplitError, split_at
 from cxrsem.errors import UsageError
+from cxrsem.testing import mini_densenet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is faster (and steadier on a shared machine) than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mini(seed: int = 0, outputs: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    return cxrsem.create_architecture("densenet-mini", num_outputs=outputs, in_channels=1).eval()
+    return mini_densenet(seed, outputs)
 
 
 class ResidualToy(nn.Module):

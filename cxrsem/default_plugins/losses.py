@@ -45,6 +45,10 @@ def _check_shapes(name: str, logits: Tensor, targets: Tensor, target_mask: Tenso
             f"loss {name!r} needs logits and targets of the same shape, got logits "
             f"{tuple(logits.shape)} and targets {tuple(targets.shape)}"
         )
+    _check_mask_shape(name, targets, target_mask)
+
+
+def _check_mask_shape(name: str, targets: Tensor, target_mask: Tensor | None) -> None:
     if target_mask is not None and target_mask.shape != targets.shape:
         raise UsageError(
             f"loss {name!r}: target_mask has shape {tuple(target_mask.shape)}, "
@@ -195,11 +199,7 @@ class MAESCCELoss(nn.Module):
                 f"[B, zones], "
                 f"got logits {tuple(logits.shape)} and targets {tuple(targets.shape)}"
             )
-        if target_mask is not None and target_mask.shape != targets.shape:
-            raise UsageError(
-                f"loss {self.name!r}: target_mask has shape {tuple(target_mask.shape)}, "
-                f"expected {tuple(targets.shape)} like the targets"
-            )
+        _check_mask_shape(self.name, targets, target_mask)
         known = _known(targets, target_mask)
         y = torch.where(known, targets, torch.zeros_like(targets)).long()
         if bool(((y < 0) | (y >= ZONE_CLASSES)).any()):

@@ -20,6 +20,14 @@ from cxrsem.components import ArchitectureInfo, ConceptSetInfo, Option
 from cxrsem.hookspecs import hookimpl
 
 
+def mini_densenet(seed: int = 0, outputs: int = 3) -> nn.Module:
+    """A seeded ``densenet-mini`` (1 input channel) in eval mode."""
+    from cxrsem.api import create_architecture
+
+    torch.manual_seed(seed)
+    return create_architecture("densenet-mini", num_outputs=outputs, in_channels=1).eval()
+
+
 class TinyConvNet(nn.Module):
     """``features`` (two strided convs) -> global average pool -> ``classifier``."""
 
