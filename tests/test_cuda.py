@@ -1,0 +1,37 @@
+"""CUDA variants: the same results on the GPU as on the CPU (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxrsem import plugins
+from cxrsem.dissection import DissectSettings, dissect
+from cxrsem.testing import TestKitPlugin, tiny_checkpoint
+from cxrsem.training import TrainConfig, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@pytest.fixture(autouse=True)
+def testkit():
+    plugins.register_plugin(TestKitPlugin(), "testkit")
+
+
+def test_dissection_on_cuda_equals_cpu(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    results = {}
+    for device in ("cpu", "cuda"):
+        results[device] = dissect([ckpt], ["features"], out=tmp_path / device, concepts=["toy-blobs"],
+                                  settings=DissectSettings(quantile=0.02, seg_size=16),
+                                  device=device, figures=False)[0].layers[0]
+    np.testing.assert_allclose(results["cuda"].thresholds, results["cpu"].thresholds, rtol=1e-5)
+    np.testing.assert_allclose(results["cuda"].iou, results["cpu"].iou, atol=1e-3)
+
+
+def test_training_runs_on_cuda_with_mixed_precision(tmp_path):
+    result = train(TrainConfig(out=str(tmp_path / "run"), dataset="phantom", loss="mae-scce",
+                               arch="densenet-mini", image_size=48, epochs=1, batch_size=16,
+                               device="cuda", dataset_options={"n_train": 64, "n_val": 32}))
+    assert result.epochs_run == 1 and np.isfinite(result.history[-1]["train_loss"])
