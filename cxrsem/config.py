@@ -64,7 +64,3 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
             root).expanduser().is_absolute() else root
     data["__path__"] = str(path)
     return data
-
-
-def table(config: dict[str, Any], name: str) -> dict[str, Any]:
-    return dict(config.get(name, {}))

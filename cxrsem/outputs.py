@@ -86,12 +86,12 @@ def ensure_output_dir(path: str | Path) -> Path:
     return path
 
 
-def _toml_clean(value: Any) -> Any:
+def toml_ready(value: Any) -> Any:
     """TOML has no null and no tuples: drop None, turn tuples and paths into lists and strings."""
     if isinstance(value, Mapping):
-        return {str(k): _toml_clean(v) for k, v in value.items() if v is not None}
+        return {str(k): toml_ready(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
-        return [_toml_clean(v) for v in value if v is not None]
+        return [toml_ready(v) for v in value if v is not None]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -99,7 +99,7 @@ def _toml_clean(value: Any) -> Any:
 
 def write_config(out_dir: str | Path, config: Mapping[str, Any], name: str = "config.toml") -> Path:
     """Write the resolved configuration (enough to rerun the command) as TOML."""
-    return write_text(Path(out_dir) / name, tomli_w.dumps(_toml_clean(config)))
+    return write_text(Path(out_dir) / name, tomli_w.dumps(toml_ready(config)))
 
 
 def manifest(*, seed: int | None = None, device: str | None = None,

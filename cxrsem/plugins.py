@@ -92,13 +92,6 @@ def unknown_name_message(label: str, name: str, available: Iterable[str]) -> str
     return f"unknown {label} {name!r}{hint} available: {listing}"
 
 
-def _plugin_distribution(module_name: str) -> tuple[str, str | None]:
-    """(source, version) of a built-in module: cxrsem's own version."""
-    from cxrsem import __version__
-
-    return "built-in", __version__
-
-
 def _make_register(registry: Registry, kind: str, plugin_name: str, record: Registration):
     expected = COMPONENT_KINDS[kind]
 
@@ -146,6 +139,8 @@ def _register_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: objec
 def build_registry(extra_plugins: Iterable[tuple[str, object]] = (),
                    entry_points: bool = True) -> Registry:
     """Load every plugin and return a fresh registry (no global state touched)."""
+    from cxrsem import __version__
+
     pm = pluggy.PluginManager("cxrsem")
     pm.add_hookspecs(hookspecs)
     registry = Registry(pm=pm)
@@ -155,9 +150,8 @@ def build_registry(extra_plugins: Iterable[tuple[str, object]] = (),
         short = module_name.rsplit(".", 1)[-1]
         if short in blocked or module_name in blocked:
             continue
-        source, version = _plugin_distribution(module_name)
         module = importlib.import_module(module_name)
-        _register_plugin(registry, pm, module, module_name, source, version)
+        _register_plugin(registry, pm, module, module_name, "built-in", __version__)
 
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):

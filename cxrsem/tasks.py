@@ -35,6 +35,13 @@ def head_size(kind: str, num_outputs: int) -> int:
     return num_outputs * ZONE_CLASSES if check_kind(kind) == "zones" else num_outputs
 
 
+def known_labels(targets: torch.Tensor, target_mask: torch.Tensor | None) -> torch.Tensor:
+    """Bool mask of the labels that are known (``target_masks`` contract: False = unknown)."""
+    if target_mask is None:
+        return torch.ones_like(targets, dtype=torch.bool)
+    return target_mask.to(device=targets.device, dtype=torch.bool)
+
+
 def zone_logits(logits: torch.Tensor) -> torch.Tensor:
     """View a zones head ``[B, 6*4]`` as ``[B, 6, 4]`` (zone, severity class)."""
     return logits.reshape(logits.shape[0], -1, ZONE_CLASSES)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from cxrsem.components import LossInfo, Option
 from cxrsem.errors import DataError, UsageError
 from cxrsem.hookspecs import hookimpl
-from cxrsem.tasks import ZONE_CLASSES, zone_logits
+from cxrsem.tasks import ZONE_CLASSES, known_labels, zone_logits
 
 __all__ = [
     "BCELoss",
@@ -54,12 +54,6 @@ def _check_mask_shape(name: str, targets: Tensor, target_mask: Tensor | None) ->
             f"loss {name!r}: target_mask has shape {tuple(target_mask.shape)}, "
             f"expected {tuple(targets.shape)} like the targets"
         )
-
-
-def _known(targets: Tensor, target_mask: Tensor | None) -> Tensor:
-    if target_mask is None:
-        return torch.ones_like(targets, dtype=torch.bool)
-    return target_mask.to(device=targets.device, dtype=torch.bool)
 
 
 def batch_beta(targets: Tensor, known: Tensor) -> Tensor:
@@ -97,7 +91,7 @@ class BCELoss(nn.Module):
         if logits.dim() == 1:  # a bare [B] binary head: treat as one class
             logits, targets = logits[:, None], targets[:, None]
             target_mask = None if target_mask is None else target_mask[:, None]
-        known = _known(targets, target_mask)
+        known = known_labels(targets, target_mask)
         y = torch.where(known, targets.to(logits.dtype), torch.zeros((), dtype=logits.dtype,
                                                                        device=logits.device))
         # -log sigmoid(z) and -log(1 - sigmoid(z)) = -log sigmoid(-z), both stable for any z.
@@ -143,7 +137,7 @@ class MSELoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, target_mask: Tensor | None = None) -> Tensor:
         _check_shapes(self.name, logits, targets, target_mask)
-        known = _known(targets, target_mask)
+        known = known_labels(targets, target_mask)
         y = torch.where(known, targets.to(logits.dtype), logits.detach())
         beta = self.sample_weights(y)
         per_sample = torch.where(known, beta * (logits - y) ** 2, torch.zeros_like(logits))
@@ -200,7 +194,7 @@ class MAESCCELoss(nn.Module):
                 f"got logits {tuple(logits.shape)} and targets {tuple(targets.shape)}"
             )
         _check_mask_shape(self.name, targets, target_mask)
-        known = _known(targets, target_mask)
+        known = known_labels(targets, target_mask)
         y = torch.where(known, targets, torch.zeros_like(targets)).long()
         if bool(((y < 0) | (y >= ZONE_CLASSES)).any()):
             raise DataError(

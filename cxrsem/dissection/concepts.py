@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,8 @@ class ConceptSource:
     image_size: int
     mask_size: int
     limit: int = 0
+    seed: int = 0
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per set, as given
 
     def __len__(self) -> int:
         total = sum(len(ds) for _, ds in self.sets)
@@ -121,7 +123,8 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
                 concepts.append(label)
             channels.append(concepts.index(label))
         channel_maps.append(channels)
-    source = ConceptSource(sets, concepts, channel_maps, image_size, mask_size, limit)
+    source = ConceptSource(sets, concepts, channel_maps, image_size, mask_size, limit, seed,
+                           {name: dict(opts) for name, opts in options.items()})
     if len(source) == 0:
         raise DataError(f"the concept set(s) {', '.join(names)} hold no images")
     return source

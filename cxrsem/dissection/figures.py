@@ -43,7 +43,7 @@ def summary_figure(path: Path, record: dict[str, Any]) -> Path:
 
 def unit_masks(result, layer, unit: int, indices: list[int], image_size: int) -> np.ndarray:
     """The unit's binary masks M_k at image resolution for display (same rule as the tally)."""
-    store = result.cache.layer_store(layer.layer, layer.feature_shape, result.cache.meta()["dtype"])
+    store = result.cache.layer_store(layer.layer, layer.feature_shape, result.cache_dtype)
     maps = torch.stack([torch.from_numpy(store.read(i)[unit].astype(np.float64)) for i in indices])
     thresholds = torch.full((len(indices),), float(layer.thresholds[unit]), dtype=torch.float64)
     return unit_masks_at(maps, thresholds, (image_size, image_size)).numpy()

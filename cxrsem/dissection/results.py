@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cxrsem.outputs import write_config, write_json, write_manifest, write_text
 
 SCHEMA = "cxrsem-dissection/1"
@@ -129,11 +127,3 @@ def write_layer_results(model_dir: Path, result, layer, settings, *, concepts: S
     # dissection.json last: its presence means the folder is complete.
     write_json(folder / "dissection.json", record)
     return folder
-
-
-def detector_table(record: dict[str, Any]) -> list[tuple[str, int]]:
-    return sorted(((c, n) for c, n in record["detectors"].items() if n), key=lambda x: (-x[1], x[0]))
-
-
-def best_iou_array(record: dict[str, Any]) -> np.ndarray:
-    return np.array([u["iou"] for u in record["units"]])

@@ -88,6 +88,9 @@ class ModelDissection:
     model_path: Path
     model_sha256: str
     checkpoint: dict[str, Any]
+    source: ConceptSource            # the figures fetch the top images back from it
+    cache: DissectionCache
+    cache_dtype: str
     layers: list[LayerDissection] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cache_reused: bool = False
@@ -142,14 +145,14 @@ def _forward_into_cache(model: torch.nn.Module, layers: list[str], source: Conce
 
 
 def _thresholds(store, count: int, quantile: float, batch_size: int,
-                device: torch.device) -> tuple[np.ndarray, int]:
+                device: torch.device) -> np.ndarray:
     """Pass 2: exact per-unit quantile over the first ``count`` images' activations."""
     units, h, w = store.record_shape
     stream = StreamingTopQuantile(units, count * h * w, quantile, device=device)
     for _, records in store.batches(batch_size, count):
         values = torch.from_numpy(records.astype(np.float32)).to(device)
         stream.update(values.permute(1, 0, 2, 3).reshape(units, -1))
-    return stream.thresholds(), count
+    return stream.thresholds()
 
 
 def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
@@ -188,22 +191,23 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
     layers = resolve_layers(model, layer_names, image_size, channels)
     source = source_factory(image_size)
     sha = state_dict_sha256(checkpoint["state_dict"])
-    result = ModelDissection(model_path, sha, checkpoint)
 
     description = {"model_sha256": sha, "layers": layers, "concepts": source.concepts,
                    "concept_sets": source.set_names(), "image_size": image_size,
                    "seg_size": settings.seg_size, "limit": settings.limit, "count": len(source),
-                   "dtype": settings.cache_dtype, "source_options": getattr(source, "options", None),
-                   "seed": getattr(source, "seed", None)}
+                   "dtype": settings.cache_dtype, "source_options": source.options,
+                   "seed": source.seed}
     cache = DissectionCache(cache_root, cache_key(description), description)
     started = time.perf_counter()
-    if settings.use_cache and cache.is_complete():
+    reused = settings.use_cache and cache.is_complete()
+    if reused:
         info = cache.meta()
-        result.cache_reused = True
         progress("note", message=f"reusing the activation cache {cache.dir}")
     else:
         info = _forward_into_cache(model, layers, source, cache, settings, device,
                                    checkpoint["input"].get("normalization"), progress)
+    result = ModelDissection(model_path, sha, checkpoint, source, cache, info["dtype"],
+                             cache_reused=reused)
     result.timings["forward_and_cache"] = time.perf_counter() - started
 
     count = info["count"]
@@ -213,7 +217,7 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
         store = cache.layer_store(layer, tuple(info["shapes"][layer]), info["dtype"])
         started = time.perf_counter()
         progress("phase", name=f"thresholds {layer}", total=None)
-        thresholds, used = _thresholds(store, sample, settings.quantile, settings.batch_size, device)
+        thresholds = _thresholds(store, sample, settings.quantile, settings.batch_size, device)
         result.timings[f"quantile:{layer}"] = time.perf_counter() - started
         started = time.perf_counter()
         progress("phase", name=f"tally {layer}", total=count)
@@ -224,10 +228,8 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
             layer=layer, thresholds=thresholds, iou=tally.iou(), concepts=list(source.concepts),
             images_with=tally.images_with.cpu().numpy(), top_images=top_images,
             top_values=top_values, activation_min=info["activation_min"][layer],
-            feature_shape=tuple(info["shapes"][layer]), threshold_images=used,
+            feature_shape=tuple(info["shapes"][layer]), threshold_images=sample,
             upsampled_fraction=tally.upsampled_pairs / max(tally.total_pairs, 1)))
-    result.source = source  # type: ignore[attr-defined]  (figures need the images back)
-    result.cache = cache  # type: ignore[attr-defined]
     return result
 
 
@@ -261,8 +263,6 @@ def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | P
                 concepts, image_size=image_size, mask_size=settings.seg_size, seed=seed,
                 options=concept_options, data_roots=data_roots, concept_map=concept_map,
                 limit=settings.limit)
-            sources[image_size].options = {k: dict(v) for k, v in (concept_options or {}).items()}
-            sources[image_size].seed = seed
         return sources[image_size]
 
     results = []

@@ -26,7 +26,7 @@ from cxrsem.engine.device import autocast, resolve_device
 from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, normalize
 from cxrsem.errors import ConfigError, DataError, TrainingError, UsageError
 from cxrsem.options import resolve_options
-from cxrsem.outputs import ensure_output_dir, write_config, write_manifest, write_text
+from cxrsem.outputs import ensure_output_dir, toml_ready, write_config, write_manifest, write_text
 from cxrsem.plugins import get_architecture, get_dataset, get_loss
 from cxrsem.tasks import head_size
 from cxrsem.training.init import initialise
@@ -126,10 +126,6 @@ def _all_targets(dataset: Any, task: str) -> torch.Tensor:
     return torch.stack([dataset[i]["targets"][task] for i in range(len(dataset))])
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-
-
 class _Run:
     """State of one training run; methods are the steps of the loop."""
 
@@ -169,7 +165,7 @@ class _Run:
         self.train_target_mean = train_targets.float().mean(0)
         self.loss_fn = create_loss(c.loss, train_targets=train_targets, **c.loss_options)
 
-        _seed_everything(c.seed)
+        torch.manual_seed(c.seed)
         self.model = create_architecture(
             c.arch, num_outputs=head_size(self.task, len(self.output_names)), in_channels=1,
             **c.arch_options)
@@ -203,7 +199,7 @@ class _Run:
             self.model, arch=c.arch, arch_kwargs=c.arch_options, task_kind=self.task,
             outputs=self.output_names, image_size=c.image_size, normalization=DEFAULT_NORMALIZATION,
             train={"dataset": c.dataset, "loss": c.loss, "init": c.init, "epoch": self.epoch,
-                   "metrics": metrics, "config": _clean(c.as_toml())})
+                   "metrics": metrics, "config": toml_ready(c.as_toml())})
 
     def resume_state(self) -> dict[str, Any]:
         return {
@@ -353,12 +349,6 @@ class _Run:
 def _finite(values: dict[str, Any]) -> dict[str, Any]:
     """JSON has no NaN: undefined metrics are stored as null."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if v is not None}
-    return value
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:

@@ -24,7 +24,7 @@ from torchmetrics.functional.classification import (
 )
 
 from cxrsem.errors import UsageError
-from cxrsem.tasks import check_kind, expected_zone_score, zone_logits
+from cxrsem.tasks import check_kind, expected_zone_score, known_labels, zone_logits
 
 __all__ = ["compute_metrics", "primary_metric"]
 
@@ -63,10 +63,7 @@ def _binary_scores(probs: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def _known(targets: Tensor, target_mask: Tensor | None) -> Tensor:
-    if target_mask is None:
-        known = torch.ones_like(targets, dtype=torch.bool)
-    else:
-        known = target_mask.bool()
+    known = known_labels(targets, target_mask)
     if targets.is_floating_point():
         known = known & torch.isfinite(targets)
     return known
