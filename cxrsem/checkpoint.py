@@ -54,6 +54,50 @@ def save_checkpoint(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
     return save_torch(path, dict(checkpoint))
 
 
+def source_prefix(spec: str | Path) -> str | None:
+    """``"xrv"`` for ``"xrv:densenet121-res224-all"``; None for a file path (or a Windows drive)."""
+    if not isinstance(spec, str) or Path(spec).exists():
+        return None
+    prefix, colon, rest = spec.partition(":")
+    if not colon or not rest or len(prefix) < 2 or "/" in prefix or "\\" in prefix:
+        return None
+    return prefix
+
+
+def load_model(spec: str | Path) -> dict[str, Any]:
+    """The checkpoint dict of a model: a checkpoint file, or ``SOURCE:SPEC`` from a registered model
+    source (see :class:`cxrsem.components.ModelSourceInfo`), validated the same way either way."""
+    prefix = source_prefix(spec)
+    if prefix is None:
+        return load_checkpoint(spec)
+    from cxrsem.errors import UnknownComponentError
+    from cxrsem.plugins import get_model_source
+
+    try:
+        info = get_model_source(prefix)
+    except UnknownComponentError as exc:
+        raise CheckpointError(f"{spec} is neither a checkpoint file nor a model of a known source "
+                              f"({exc})") from None
+    name = str(spec).partition(":")[2]
+    if info.specs and name not in info.specs:
+        from cxrsem.plugins import unknown_name_message
+
+        raise CheckpointError(unknown_name_message(f"{prefix} model", name, info.specs))
+    return validate_checkpoint(info.factory(spec=name, **info.defaults()), str(spec))
+
+
+def validate_checkpoint(data: Any, source: str) -> dict[str, Any]:
+    """``data`` if it is a ``cxrsem-checkpoint/1`` dict with every required key, else one error."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(
+            f"{source} is not a cxrsem checkpoint (format {found!r}, expected {FORMAT!r})")
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint {source} lacks {', '.join(missing)}")
+    return data
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint; any problem is one :class:`CheckpointError` line."""
     path = Path(path)
@@ -64,14 +108,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(
-            f"{path} is not a cxrsem checkpoint (format {found!r}, expected {FORMAT!r})")
-    missing = [key for key in REQUIRED if key not in data]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
-    return data
+    return validate_checkpoint(data, str(path))
 
 
 def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> nn.Module:

@@ -116,11 +116,28 @@ class ArchitectureInfo(_Component):
     imagenet_filename: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelSourceInfo(_Component):
+    """A source of ready-made models, addressed as ``--model NAME:SPEC`` (``xrv:densenet121-res224-all``).
+
+    ``factory(*, spec, **options)`` returns a checkpoint dict in the ``cxrsem-checkpoint/1`` schema
+    (see :mod:`cxrsem.checkpoint`): ``arch`` names a registered architecture whose ``factory`` rebuilds
+    the model, ``state_dict`` holds its weights, ``task`` its output names and ``input`` its size,
+    channels and normalisation.  Everything downstream (dissect, attribute, report) then treats the
+    model exactly like one cxrsem trained.  ``specs`` lists the SPEC values the source knows, for
+    ``cxrsem plugins`` and error messages.  Weights must come from local files: a missing file is a
+    :class:`~cxrsem.errors.CheckpointError` naming the path expected, never a download.
+    """
+
+    specs: tuple[str, ...] = ()
+
+
 COMPONENT_KINDS: Mapping[str, type[_Component]] = {
     "dataset": DatasetInfo,
     "concept_set": ConceptSetInfo,
     "loss": LossInfo,
     "architecture": ArchitectureInfo,
+    "model_source": ModelSourceInfo,
 }
 
 

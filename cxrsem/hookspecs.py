@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pluggy
 
-from cxrsem.components import ArchitectureInfo, ConceptSetInfo, DatasetInfo, LossInfo
+from cxrsem.components import ArchitectureInfo, ConceptSetInfo, DatasetInfo, LossInfo, ModelSourceInfo
 
 hookspec = pluggy.HookspecMarker("cxrsem")
 hookimpl = pluggy.HookimplMarker("cxrsem")
@@ -40,3 +40,8 @@ def register_losses(register: Callable[[LossInfo], None]) -> None:
 @hookspec
 def register_architectures(register: Callable[[ArchitectureInfo], None]) -> None:
     """Register model architectures: ``register(ArchitectureInfo(name=..., factory=...))``."""
+
+
+@hookspec
+def register_model_sources(register: Callable[[ModelSourceInfo], None]) -> None:
+    """Register sources of ready-made models (``--model NAME:SPEC``): ``register(ModelSourceInfo(...))``."""

@@ -26,6 +26,7 @@ from cxrsem.components import (
     ConceptSetInfo,
     DatasetInfo,
     LossInfo,
+    ModelSourceInfo,
     Registration,
     _Component,
 )
@@ -49,12 +50,14 @@ _HOOK_OF_KIND = {
     "concept_set": "register_concept_sets",
     "loss": "register_losses",
     "architecture": "register_architectures",
+    "model_source": "register_model_sources",
 }
 _KIND_LABEL = {
     "dataset": "dataset",
     "concept_set": "concept set",
     "loss": "loss",
     "architecture": "architecture",
+    "model_source": "model source",
 }
 
 
@@ -232,6 +235,10 @@ def get_architecture(name: str) -> ArchitectureInfo:
     return get_registry().get("architecture", name)
 
 
+def get_model_source(name: str) -> ModelSourceInfo:
+    return get_registry().get("model_source", name)
+
+
 def describe_plugins(details: bool = False) -> list[dict[str, Any]]:
     """Every loaded plugin, what it registered and (with ``details``) each component's options."""
     registry = get_registry()
@@ -254,5 +261,7 @@ def describe_plugins(details: bool = False) -> list[dict[str, Any]]:
                 for kind, names in record.components.items()
                 for name in names
             }
+            entry["specs"] = {name: list(registry.components["model_source"][name].specs)
+                              for name in record.components.get("model_source", [])}
         described.append(entry)
     return described

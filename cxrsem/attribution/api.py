@@ -35,7 +35,7 @@ from cxrsem.attribution.targets import (
     target_for_column,
     values_function,
 )
-from cxrsem.checkpoint import build_model, load_checkpoint, state_dict_sha256
+from cxrsem.checkpoint import build_model, load_model, state_dict_sha256
 from cxrsem.engine.device import resolve_device
 from cxrsem.engine.layers import resolve_layers
 from cxrsem.engine.preprocess import normalize
@@ -191,7 +191,7 @@ def _concepts(contrib: np.ndarray, dissection: Dissection | None) -> list[dict[s
 def _load(checkpoint: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     if isinstance(checkpoint, Mapping):
         return dict(checkpoint), str(checkpoint.get("path", "<in memory>"))
-    return load_checkpoint(checkpoint), str(checkpoint)
+    return load_model(str(checkpoint)), str(checkpoint)
 
 
 def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,

@@ -11,14 +11,15 @@ from rich.table import Table
 from cxrsem.plugins import describe_plugins
 
 _KIND_LABELS = {"dataset": "datasets", "concept_set": "concept sets", "loss": "losses",
-                "architecture": "architectures"}
+                "architecture": "architectures", "model_source": "model sources"}
 
 
 def plugins(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     details: bool = typer.Option(False, "--details", help="Also show every component's options."),
 ) -> None:
-    """List installed plugins and the datasets, concept sets, losses and architectures they add."""
+    """List installed plugins and the datasets, concept sets, losses, architectures and model sources
+    they add."""
     described = describe_plugins(details=details)
     if as_json:
         typer.echo(json.dumps(described, indent=2, default=str))
@@ -37,6 +38,9 @@ def plugins(
     console.print(table)
     if details:
         for entry in described:
+            for source, specs in entry.get("specs", {}).items():
+                console.print(f"model source {source}: --model {source}:SPEC with SPEC one of "
+                              f"{', '.join(specs) or '(any)'}", highlight=False)
             for component, options in entry.get("options", {}).items():
                 if not options:
                     continue

@@ -27,9 +27,11 @@ SCHEMA = "cxrsem-dissection/1"
 
 
 def model_folder_names(paths: Sequence[Path]) -> dict[Path, str]:
-    """Folder per model: its file stem, or ``<parent>-<stem>`` when stems collide."""
+    """Folder per model: its file stem, or ``<parent>-<stem>`` when stems collide (``xrv:NAME``
+    from a model source becomes ``xrv-NAME``)."""
     stems = Counter(p.stem for p in paths)
-    return {p: (f"{p.parent.name}-{p.stem}" if stems[p.stem] > 1 else p.stem) for p in paths}
+    names = {p: (f"{p.parent.name}-{p.stem}" if stems[p.stem] > 1 else p.stem) for p in paths}
+    return {p: name.replace(":", "-") for p, name in names.items()}
 
 
 def layer_record(result, layer, settings) -> dict[str, Any]:

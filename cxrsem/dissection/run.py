@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrsem.checkpoint import build_model, load_checkpoint, state_dict_sha256
+from cxrsem.checkpoint import build_model, load_model, source_prefix, state_dict_sha256
 from cxrsem.dissection.cache import DissectionCache, cache_key
 from cxrsem.dissection.concepts import ConceptSource, build_concept_source
 from cxrsem.dissection.quantile import StreamingTopQuantile
@@ -102,7 +102,8 @@ def expand_models(patterns: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for pattern in patterns:
         text = str(pattern)
-        matches = sorted(glob.glob(text)) if any(ch in text for ch in "*?[") else [text]
+        globbed = any(ch in text for ch in "*?[") and source_prefix(text) is None
+        matches = sorted(glob.glob(text)) if globbed else [text]
         if not matches:
             raise UsageError(f"--model {text!r} matches no file")
         found.extend(Path(m) for m in matches if Path(m) not in found)
@@ -184,7 +185,7 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
                   source_factory: Callable[[int], ConceptSource],
                   settings: DissectSettings, device: torch.device, cache_root: Path,
                   progress: Progress) -> ModelDissection:
-    checkpoint = load_checkpoint(model_path)
+    checkpoint = load_model(str(model_path))
     model = build_model(checkpoint, source=model_path).to(device)
     image_size = int(checkpoint["input"]["size"])
     channels = int(checkpoint["input"].get("channels", 1))
