@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from cxrsem.errors import DataError
+from cxrsem.imagecache import resolve_cache_dir
 from cxrsem.options import resolve_options
 from cxrsem.plugins import get_architecture, get_concept_set, get_dataset, get_loss, get_registry
 
@@ -50,22 +51,38 @@ def resolve_root(name: str, needs_root: bool, data_roots: Mapping[str, str | Pat
     return root
 
 
+def use_image_cache(dataset: Any, cache_dir: str | Path | None) -> Any:
+    """Let ``dataset`` serve images prepared by ``cxrsem prepare`` when it supports the cache (the
+    optional ``use_image_cache`` method of the data contracts); ``cache_dir`` None = the default
+    cache, ``"off"`` = none."""
+    if hasattr(dataset, "use_image_cache"):
+        dataset.use_image_cache(resolve_cache_dir(cache_dir))
+    return dataset
+
+
 def create_dataset(name: str, *, split: str = "train", image_size: int = 224, seed: int = 0,
-                   data_roots: Mapping[str, str | Path] | None = None, **options: Any):
-    """Build registered dataset ``name`` (see the training-dataset contract in ``components``)."""
+                   data_roots: Mapping[str, str | Path] | None = None,
+                   cache_dir: str | Path | None = None, **options: Any):
+    """Build registered dataset ``name`` (see the training-dataset contract in ``components``),
+    reading prepared images from ``cache_dir`` (see :mod:`cxrsem.imagecache`) where they exist."""
     info = get_dataset(name)
     resolved = resolve_options(info, "dataset", options)
     root = resolve_root(name, info.needs_root, data_roots)
-    return info.factory(split=split, image_size=image_size, root=root, seed=seed, **resolved)
+    dataset = info.factory(split=split, image_size=image_size, root=root, seed=seed, **resolved)
+    return use_image_cache(dataset, cache_dir)
 
 
 def create_concept_set(name: str, *, image_size: int = 224, mask_size: int = 112, seed: int = 0,
-                       data_roots: Mapping[str, str | Path] | None = None, **options: Any):
-    """Build registered concept set ``name`` (see the concept-set contract in ``components``)."""
+                       data_roots: Mapping[str, str | Path] | None = None,
+                       cache_dir: str | Path | None = None, **options: Any):
+    """Build registered concept set ``name`` (see the concept-set contract in ``components``),
+    reading prepared images from ``cache_dir`` where they exist."""
     info = get_concept_set(name)
     resolved = resolve_options(info, "concept set", options)
     root = resolve_root(name, info.needs_root, data_roots)
-    return info.factory(image_size=image_size, mask_size=mask_size, root=root, seed=seed, **resolved)
+    concept_set = info.factory(image_size=image_size, mask_size=mask_size, root=root, seed=seed,
+                               **resolved)
+    return use_image_cache(concept_set, cache_dir)
 
 
 def create_loss(name: str, *, train_targets: torch.Tensor | None = None, **options: Any):

@@ -16,6 +16,9 @@ def _fresh_registry(monkeypatch):
     """Each test sees a registry built from the current environment, and leaves none behind."""
     monkeypatch.delenv("CXRSEM_DISABLE_PLUGINS", raising=False)
     monkeypatch.delenv("CXRSEM_DEBUG", raising=False)
+    # A developer's own prepared images (~/.cache/cxrsem) must never feed a test: image-cache
+    # tests name their cache folder explicitly.
+    monkeypatch.setenv("CXRSEM_CACHE_DIR", "off")
     plugins.reset()
     yield
     plugins._extra.clear()

@@ -21,6 +21,11 @@ DataRootOption = typer.Option(
     None, "--data-root", metavar="NAME=PATH",
     help="Where dataset/concept set NAME lives (repeatable). Also [data_roots] or CXRSEM_DATA_<NAME>.",
 )
+ImageCacheOption = typer.Option(
+    None, "--image-cache", metavar="DIR",
+    help="Where `cxrsem prepare` stored resized images (default $CXRSEM_CACHE_DIR, else "
+         "~/.cache/cxrsem); 'off' decodes every image.",
+)
 BatchSizeOption = typer.Option(32, "--batch-size", min=1, help="Images per batch.")
 QuietOption = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars.")
 

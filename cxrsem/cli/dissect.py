@@ -13,6 +13,7 @@ from cxrsem.cli._options import (
     ConfigOption,
     DataRootOption,
     DeviceOption,
+    ImageCacheOption,
     SeedOption,
     concept_options,
     data_roots,
@@ -33,6 +34,7 @@ def dissect_command(
     concept_map: list[str] | None = typer.Option(None, "--map-concept", metavar="SET/CONCEPT=NAME",
                                                  help="Merge a concept of one set into a shared name."),
     data_root: list[str] | None = DataRootOption,
+    image_cache: str | None = ImageCacheOption,
     quantile: float = typer.Option(0.005, "--quantile", help="Top fraction of activations: P(f_k > T_k)."),
     quantile_sample: int = typer.Option(0, "--quantile-sample", help="First N images for T_k (0 = all)."),
     iou_threshold: float = typer.Option(0.04, "--iou-threshold", help="A unit is a detector above this IoU."),
@@ -62,7 +64,7 @@ def dissect_command(
             concept_map=parse_assignments(params["concept_map"] or [], "--map-concept"),
             data_roots=data_roots(file_config, params["data_root"]), settings=settings,
             device=params["device"], seed=params["seed"], figures=not params["no_figures"],
-            progress=progress)
+            image_cache=params["image_cache"], progress=progress)
     console = Console()
     for result in results:
         for layer in result.layers:

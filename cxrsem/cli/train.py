@@ -12,6 +12,7 @@ from cxrsem.cli._options import (
     ConfigOption,
     DataRootOption,
     DeviceOption,
+    ImageCacheOption,
     QuietOption,
     SeedOption,
     component_options,
@@ -48,6 +49,7 @@ def train_command(
     loss_opt: list[str] | None = typer.Option(None, "--loss-opt", metavar="NAME=VALUE"),
     arch_opt: list[str] | None = typer.Option(None, "--arch-opt", metavar="NAME=VALUE"),
     data_root: list[str] | None = DataRootOption,
+    image_cache: str | None = ImageCacheOption,
     quiet: bool = QuietOption,
     config: Path | None = ConfigOption,
 ) -> None:
@@ -70,6 +72,7 @@ def train_command(
             loss_options=component_options(file_config, "loss", params["loss_opt"], "--loss-opt"),
             arch_options=component_options(file_config, "arch", params["arch_opt"], "--arch-opt"),
             data_roots=data_roots(file_config, params["data_root"]),
+            image_cache=params["image_cache"],
         )
         result = train(train_config, progress=progress)
     name, value = result.best_metric

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrsem.errors import DataError
+from cxrsem.imagecache import CacheLookup, ImageSources, lookup, reader_tag
 from cxrsem.imageio import image_size, read_image, to_tensor
 
 __all__ = [
@@ -348,6 +349,7 @@ class _Images(Dataset):
         self.ids = list(ids)
         self._reader = reader
         self._bad: set[int] = set()
+        self._cache: CacheLookup | None = None
         self.problems: list[str] = []  # the DataWarning messages raised while building
 
     def __len__(self) -> int:
@@ -370,14 +372,37 @@ class _Images(Dataset):
             raise IndexError(f"{self.name}: index {index} out of range for {n} items")
         return index
 
+    def _decode(self, j: int) -> torch.Tensor:
+        return to_tensor(self._reader(self.files[j]), self.image_size)
+
+    def image_sources(self) -> ImageSources:
+        """The files and decoder ``cxrsem prepare`` stores (see :mod:`cxrsem.imagecache`)."""
+        return ImageSources(files=self.files, size=self.image_size, reader=reader_tag(self._reader),
+                            decode=self._decode)
+
+    def use_image_cache(self, cache_dir: Path | None) -> None:
+        """Serve the images prepared under ``cache_dir`` (unchanged files only) instead of decoding."""
+        self._cache = lookup(self.files, self.image_size, reader_tag(self._reader), cache_dir)
+
+    @property
+    def image_cache_state(self) -> dict[str, Any] | None:
+        """Which prepared stores serve how many images (None: every image is decoded)."""
+        return None if not self._cache else {"folders": self._cache.folders, "images": self._cache.count}
+
+    def _cache_lines(self) -> list[str]:
+        return [self._cache.describe(len(self))] if self._cache else []
+
     def _load(self, index: int) -> tuple[int, torch.Tensor]:
         n = len(self)
         for step in range(n):
             j = (index + step) % n
             if j in self._bad:
                 continue
+            hit = self._cache.hits[j] if self._cache else None
+            if hit is not None:
+                return j, hit[0].image(hit[1])
             try:
-                return j, to_tensor(self._reader(self.files[j]), self.image_size)
+                return j, self._decode(j)
             except DataError as exc:
                 self._bad.add(j)
                 warnings.warn(f"{self.name}: unreadable image skipped, the next readable one is "
@@ -434,7 +459,7 @@ class TrainingDataset(_Images):
         return None if mask is None else mask.clone()
 
     def describe(self) -> str:
-        lines = list(self.summary)
+        lines = list(self.summary) + self._cache_lines()
         lines += [f"  warning: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -471,6 +496,7 @@ class ConceptSet(_Images):
         lines = list(self.summary)
         per_concept = ", ".join(f"{c} {fmt(counts[c])}" for c in self.concepts)
         lines.append("  images per concept: " + per_concept)
+        lines += self._cache_lines()
         lines += [f"  warning: {p}" for p in self.problems]
         return "\n".join(lines)
 

@@ -33,6 +33,12 @@ class ConceptSource:
     limit: int = 0
     seed: int = 0
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per set, as given
+    cache_dir: str | None = None  # the prepared image cache (None = the default one)
+
+    def prepared_images(self) -> dict[str, Any]:
+        """Per set, which prepared image stores serve it (part of the activation cache's key: a
+        prepared image differs from the decoded one by storage rounding)."""
+        return {name: getattr(ds, "image_cache_state", None) for name, ds in self.sets}
 
     def __len__(self) -> int:
         total = sum(len(ds) for _, ds in self.sets)
@@ -96,7 +102,7 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
                          options: Mapping[str, Mapping[str, Any]] | None = None,
                          data_roots: Mapping[str, str] | None = None,
                          concept_map: Mapping[str, str] | None = None,
-                         limit: int = 0) -> ConceptSource:
+                         limit: int = 0, cache_dir: str | None = None) -> ConceptSource:
     """Create every named concept set and lay their concepts out as channels.
 
     ``concept_map`` maps qualified names (``nih-bbox/Consolidation``) to a shared channel name.
@@ -108,7 +114,8 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
     sets = []
     for name in dict.fromkeys(names):
         ds = create_concept_set(name, image_size=image_size, mask_size=mask_size, seed=seed,
-                                data_roots=data_roots, **dict(options.get(name, {})))
+                                data_roots=data_roots, cache_dir=cache_dir,
+                                **dict(options.get(name, {})))
         sets.append((name, ds))
     counts = Counter(c for _, ds in sets for c in dict.fromkeys(ds.concepts))
     concept_map = dict(concept_map or {})
@@ -124,7 +131,7 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
             channels.append(concepts.index(label))
         channel_maps.append(channels)
     source = ConceptSource(sets, concepts, channel_maps, image_size, mask_size, limit, seed,
-                           {name: dict(opts) for name, opts in options.items()})
+                           {name: dict(opts) for name, opts in options.items()}, cache_dir)
     if len(source) == 0:
         raise DataError(f"the concept set(s) {', '.join(names)} hold no images")
     return source

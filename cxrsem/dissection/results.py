@@ -74,7 +74,7 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
         "settings": {
             "quantile": settings.quantile,
             "quantile_on": "raw activations of the unit over all its spatial positions and images "
-                           "(as in the paper), numpy.quantile(values, 1 - q) with linear interpolation",
+                           "(as in the paper), numpy.quantile(values, 1 - q, method='inverted_cdf')",
             "threshold_images": layer.threshold_images,
             "iou_threshold": settings.iou_threshold,
             "seg_size": settings.seg_size,
@@ -82,6 +82,7 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
             "mask_rule": "upsampled activation >= T_k",
             "cache_dtype": settings.cache_dtype,
             "limit": settings.limit,
+            "prepared_images": source.prepared_images(),
         },
         "concept_sets": concept_sets,
         "concepts": [{"name": c, "images": images_with[c]} for c in layer.concepts],

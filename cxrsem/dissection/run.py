@@ -197,7 +197,7 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
                    "concept_sets": source.set_names(), "image_size": image_size,
                    "seg_size": settings.seg_size, "limit": settings.limit, "count": len(source),
                    "dtype": settings.cache_dtype, "source_options": source.options,
-                   "seed": source.seed}
+                   "seed": source.seed, "prepared_images": source.prepared_images()}
     cache = DissectionCache(cache_root, cache_key(description), description)
     started = time.perf_counter()
     reused = settings.use_cache and cache.is_complete()
@@ -240,8 +240,12 @@ def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | P
             concept_map: Mapping[str, str] | None = None,
             data_roots: Mapping[str, str] | None = None, settings: DissectSettings | None = None,
             device: str = "auto", seed: int = 0, figures: bool = True,
+            image_cache: str | None = None,
             progress: Progress | None = None) -> list[ModelDissection]:
     """Dissect each checkpoint in ``models`` at ``layers`` against ``concepts``; write results.
+
+    ``image_cache``: where ``cxrsem prepare`` stored resized images (None = the default cache,
+    ``"off"`` = decode every image).
 
     Writes ``out/<model-stem>/<layer>/`` per model and layer (see :mod:`.results`) and returns the
     in-memory results.  Paper Sec. 2.2, Eq. 5.
@@ -263,7 +267,7 @@ def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | P
             sources[image_size] = build_concept_source(
                 concepts, image_size=image_size, mask_size=settings.seg_size, seed=seed,
                 options=concept_options, data_roots=data_roots, concept_map=concept_map,
-                limit=settings.limit)
+                limit=settings.limit, cache_dir=image_cache)
         return sources[image_size]
 
     results = []

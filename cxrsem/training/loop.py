@@ -65,6 +65,7 @@ class TrainConfig:
     loss_options: dict[str, Any] = field(default_factory=dict)
     arch_options: dict[str, Any] = field(default_factory=dict)
     data_roots: dict[str, str] = field(default_factory=dict)
+    image_cache: str | None = None  # where `cxrsem prepare` stored images (None = default, "off")
 
     def validate(self) -> None:
         checks = [
@@ -150,7 +151,8 @@ class _Run:
         c.loss_options = resolve_options(loss_info, "loss", c.loss_options)
         c.arch_options = resolve_options(arch_info, "architecture", c.arch_options)
 
-        common = {"image_size": c.image_size, "seed": c.seed, "data_roots": c.data_roots}
+        common = {"image_size": c.image_size, "seed": c.seed, "data_roots": c.data_roots,
+                  "cache_dir": c.image_cache}
         self.train_set = create_dataset(c.dataset, split="train", **common, **c.dataset_options)
         self.val_set = create_dataset(c.dataset, split="val", **common, **c.dataset_options)
         for split, ds in (("train", self.train_set), ("val", self.val_set)):

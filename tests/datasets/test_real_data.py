@@ -151,3 +151,20 @@ def test_71_images_overlap_between_brixia_cohen_and_covid_seg():
         warnings.simplefilter("ignore")
         scored = {i for s in ("train", "val", "test") for i in cohen(s).ids}
     assert len(scored & set(covid_seg().ids)) == 71
+
+
+def test_prepared_real_images_match_the_decoded_ones(tmp_path):
+    from cxrsem.prepare import prepare_images
+
+    roots = {"covid-seg": COVID}
+    options = {"limit": 6}  # a seeded sample: real images are large to decode
+    (result,) = prepare_images("covid-seg", sizes=(64,), data_roots=roots, cache_dir=tmp_path,
+                               concept_options=options)
+    assert result.images == 6 and not result.failed
+    raw = cxrsem.create_concept_set("covid-seg", image_size=64, mask_size=16, data_roots=roots,
+                                    cache_dir="off", **options)
+    cached = cxrsem.create_concept_set("covid-seg", image_size=64, mask_size=16, data_roots=roots,
+                                       cache_dir=tmp_path, **options)
+    assert cached.image_cache_state["images"] == 6
+    for i in range(6):
+        assert (raw[i]["image"] - cached[i]["image"]).abs().max().item() <= 0.5 / 255 + 1e-6
