@@ -1,7 +1,13 @@
-"""Shared fixtures: a fresh plugin registry per test, and temporary installed distributions."""
+"""Shared fixtures: a fresh plugin registry per test, temporary installed distributions, and tiny
+copies of each real dataset's on-disk layout.
+
+The dataset builders live in ``tests/fixtures/builders.py`` (loaded by path, so the test folders
+need no package structure).  Dataset roots are built once per session: the loaders only read them.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import textwrap
 from pathlib import Path
@@ -64,3 +70,58 @@ def install_distribution(tmp_path, monkeypatch):
     yield install
     for module in created:
         sys.modules.pop(module, None)
+
+
+_BUILDERS_PATH = Path(__file__).resolve().parent / "fixtures" / "builders.py"
+
+
+def _load_builders():
+    name = "cxrsem_test_fixture_builders"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, _BUILDERS_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+builders = _load_builders()
+
+
+@pytest.fixture(scope="session")
+def fx():
+    """The fixture builders module."""
+    return builders
+
+
+@pytest.fixture(scope="session")
+def nih_root(tmp_path_factory):
+    return builders.build_nih(tmp_path_factory.mktemp("nih-flat") / "ChestX-ray14")
+
+
+@pytest.fixture(scope="session")
+def nih_nested_root(tmp_path_factory):
+    return builders.build_nih(tmp_path_factory.mktemp("nih-nested") / "ChestX-ray14",
+                              layout="nested")
+
+
+@pytest.fixture(scope="session")
+def chexpert_root(tmp_path_factory):
+    return builders.build_chexpert(tmp_path_factory.mktemp("chexpert") / "CheXpert-v1.0-small")
+
+
+@pytest.fixture(scope="session")
+def brixia_root(tmp_path_factory):
+    return builders.build_brixia(tmp_path_factory.mktemp("brixia") / "BrixIA")
+
+
+@pytest.fixture(scope="session")
+def cohen_root(tmp_path_factory):
+    return builders.build_brixia_cohen(tmp_path_factory.mktemp("cohen") / "Brixia-score-COVID-19",
+                                       missing=("lancet-case2b.jpg", "covid-19-pneumonia-20.jpg"))
+
+
+@pytest.fixture(scope="session")
+def covid_root(tmp_path_factory):
+    return builders.build_covid_seg(tmp_path_factory.mktemp("covid") / "covid-seg")
