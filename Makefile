@@ -15,10 +15,14 @@ endif
 
 .PHONY: demo test lint bench clean browser
 
-$(STAMP): pyproject.toml
+# The two plugin packages in plugins/ are installed like any third-party plugin (their own
+# pyproject and entry points); the test suite exercises them through the registry.
+PLUGINS := plugins/cxrsem-example plugins/cxrsem-xrv
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,7 +38,7 @@ test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cxrsem tests benchmarks
+	$(VENV)/bin/ruff check cxrsem tests benchmarks $(PLUGINS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_phantom.py

@@ -28,12 +28,14 @@ from cxrsem.api import (  # noqa: E402
     list_concept_sets,
     list_datasets,
     list_losses,
+    list_model_sources,
 )
 from cxrsem.components import (  # noqa: E402
     ArchitectureInfo,
     ConceptSetInfo,
     DatasetInfo,
     LossInfo,
+    ModelSourceInfo,
     Option,
 )
 from cxrsem.errors import CxrsemError  # noqa: E402
@@ -49,6 +51,8 @@ def __getattr__(name: str):
         "DissectSettings": ("cxrsem.dissection", "DissectSettings"),
         "attribute": ("cxrsem.attribution", "attribute"),
         "build_report": ("cxrsem.reporting", "build_report"),
+        "prepare_images": ("cxrsem.prepare", "prepare_images"),
+        "load_model": ("cxrsem.checkpoint", "load_model"),
     }
     if name in lazy:
         import importlib
@@ -67,6 +71,10 @@ __all__ = [
     "ConceptSetInfo",
     "LossInfo",
     "ArchitectureInfo",
+    "ModelSourceInfo",
+    "load_model",
+    "prepare_images",
+    "list_model_sources",
     "list_datasets",
     "list_concept_sets",
     "list_losses",

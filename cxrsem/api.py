@@ -31,6 +31,10 @@ def list_architectures() -> list[str]:
     return get_registry().names("architecture")
 
 
+def list_model_sources() -> list[str]:
+    return get_registry().names("model_source")
+
+
 def data_root_env_var(name: str) -> str:
     return "CXRSEM_DATA_" + name.upper().replace("-", "_")
 

@@ -45,20 +45,20 @@ def _data(request, kind: str, name: str) -> tuple[dict, dict]:
     return {name: request.getfixturevalue(ROOT_FIXTURES[name])}, options
 
 
-def _example_sample(tmp_path_factory, kind: str):
-    sample_data = pytest.importorskip("cxrsem_example.sample_data",
-                                      reason="the cxrsem-example plugin is not installed")
-    return sample_data.build(tmp_path_factory.mktemp(kind), kind=kind)
+@pytest.fixture(scope="session")
+def example_roots(tmp_path_factory):
+    demo = pytest.importorskip("cxrsem_example.demo", reason="the cxrsem-example plugin is not installed")
+    return demo.write_demo(tmp_path_factory.mktemp("example"), images=8, size=32)
 
 
 @pytest.fixture(scope="session")
-def csv_folder_root(tmp_path_factory):
-    return _example_sample(tmp_path_factory, "dataset")
+def csv_folder_root(example_roots):
+    return example_roots[0]
 
 
 @pytest.fixture(scope="session")
-def mask_folder_root(tmp_path_factory):
-    return _example_sample(tmp_path_factory, "concept_set")
+def mask_folder_root(example_roots):
+    return example_roots[1]
 
 
 def test_every_plugin_loaded_without_errors():

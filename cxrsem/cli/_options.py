@@ -19,7 +19,7 @@ DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.
 SeedOption = typer.Option(0, "--seed", help="Random seed.")
 DataRootOption = typer.Option(
     None, "--data-root", metavar="NAME=PATH",
-    help="Where dataset/concept set NAME lives (repeatable). Also [data_roots] or CXRSEM_DATA_<NAME>.",
+    help="Where dataset/concept set NAME lives (repeatable). Also \\[data_roots] or CXRSEM_DATA_<NAME>.",
 )
 ImageCacheOption = typer.Option(
     None, "--image-cache", metavar="DIR",

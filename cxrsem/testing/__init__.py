@@ -1,15 +1,35 @@
-"""Test kit: tiny models, a toy concept set and helpers that plugin authors can reuse.
+"""Test kit: tiny models, a toy concept set, phantom samples and pytest fixtures for plugin authors.
 
 ``TestKitPlugin`` registers (through the ordinary hooks) the architecture ``tiny-conv`` and the
-concept set ``toy-blobs``; ``tiny_checkpoint`` writes a cxrsem checkpoint of any small model::
+concept set ``toy-blobs``; ``tiny_checkpoint`` writes a cxrsem checkpoint of any small model;
+``tiny_phantom`` builds a few small phantom items (training samples and concept-set samples)::
 
     from cxrsem import plugins
-    from cxrsem.testing import TestKitPlugin, tiny_checkpoint
+    from cxrsem.testing import TestKitPlugin, tiny_checkpoint, tiny_phantom
     plugins.register_plugin(TestKitPlugin(), "testkit")
+
+pytest fixtures for plugin authors live in :mod:`cxrsem.testing.pytest_plugin` (kept out of this
+module so that importing ``cxrsem.testing`` never needs pytest).  Enable them in the *top-level*
+``conftest.py`` of your tests (pytest refuses ``pytest_plugins`` in a conftest found only while
+collecting a sub-folder)::
+
+    pytest_plugins = ["cxrsem.testing.pytest_plugin"]
+
+then use ``register_plugin`` (your plugin in cxrsem's registry for one test, even without
+installing it) and ``tiny_phantom`` (a session-wide :class:`TinyPhantom`)::
+
+    import my_package.cxrsem_plugin as my_plugin
+
+    def test_my_loss(register_plugin, tiny_phantom):
+        register_plugin(my_plugin)
+        loss = cxrsem.create_loss("my-loss")
+        targets = tiny_phantom.targets("multilabel")
+        assert loss(torch.zeros_like(targets), targets).isfinite()
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -125,3 +145,36 @@ def tiny_checkpoint(path: str | Path, model: nn.Module | None = None, *, arch: s
                                  image_size=image_size,
                                  normalization=normalization or {"mean": [0.0], "std": [1.0]})
     return save_checkpoint(path, checkpoint)
+
+
+@dataclass(frozen=True)
+class TinyPhantom:
+    """A few built-in phantom samples, small enough for any unit test.
+
+    ``dataset`` (the ``phantom`` training dataset, all four task kinds) and ``concepts`` (the
+    ``phantom`` concept set) are ordinary cxrsem datasets; ``images`` ``[n, 1, S, S]`` and ``masks``
+    ``[n, C, M, M]`` are the concept set's items stacked, ready to feed a model.
+    """
+
+    dataset: torch.utils.data.Dataset
+    concepts: torch.utils.data.Dataset
+    images: torch.Tensor
+    masks: torch.Tensor
+
+    def targets(self, task: str) -> torch.Tensor:
+        """Every training target of ``task`` (``multilabel``, ``binary``, ``global-score``, ``zones``)."""
+        return self.dataset.targets(task)
+
+
+def tiny_phantom(n: int = 4, image_size: int = 32, mask_size: int = 16, seed: int = 0) -> TinyPhantom:
+    """``n`` phantom training samples and ``n`` concept-set samples, created by name like a user would."""
+    from cxrsem.api import create_concept_set, create_dataset
+
+    dataset = create_dataset("phantom", split="train", image_size=image_size, seed=seed,
+                             n_train=n, n_val=0, n_test=0)
+    concepts = create_concept_set("phantom", image_size=image_size, mask_size=mask_size, seed=seed,
+                                  n_images=n)
+    items = [concepts[i] for i in range(len(concepts))]
+    return TinyPhantom(dataset=dataset, concepts=concepts,
+                       images=torch.stack([item["image"] for item in items]),
+                       masks=torch.stack([item["masks"] for item in items]))

@@ -1,0 +1,40 @@
+"""The module named by the ``cxrsem`` entry point ``xrv``.
+
+Cheap to import on purpose (cxrsem imports every installed plugin on start-up): torchxrayvision
+itself is imported only when an xrv architecture or model is actually built.
+"""
+
+from __future__ import annotations
+
+from cxrsem import ArchitectureInfo, hookimpl
+from cxrsem.components import ModelSourceInfo
+
+from cxrsem_xrv.models import build_densenet121, build_resnet50
+from cxrsem_xrv.source import CACHE_ENV, SPECS, xrv_checkpoint
+
+
+@hookimpl
+def register_architectures(register) -> None:
+    register(ArchitectureInfo(
+        name="xrv-densenet121",
+        factory=build_densenet121,
+        description="TorchXRayVision's DenseNet-121 (xrv.models.DenseNet), logits out; layers "
+                    "features.denseblock1..4, features.norm5",
+    ))
+    register(ArchitectureInfo(
+        name="xrv-resnet50",
+        factory=build_resnet50,
+        description="the torchvision ResNet-50 with a one-channel stem inside xrv.models.ResNet, "
+                    "logits out; layers layer1..4",
+    ))
+
+
+@hookimpl
+def register_model_sources(register) -> None:
+    register(ModelSourceInfo(
+        name="xrv",
+        factory=xrv_checkpoint,
+        specs=tuple(SPECS),
+        description=f"TorchXRayVision's pretrained models, read from the local xrv cache "
+                    f"(${CACHE_ENV} or ~/.torchxrayvision/models_data); never downloaded",
+    ))

@@ -1,0 +1,56 @@
+"""Meta-tests: the plugin API and its documentation cannot drift apart.
+
+Every hook of ``cxrsem.hookspecs`` must be explained in the plugin author's guide
+(``plugins/cxrsem-example/README.md``) with every field of its registration object, be implemented
+by at least one test plugin, and have a contract test over its registered components.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from cxrsem import hookspecs
+from cxrsem.components import COMPONENT_KINDS
+from cxrsem.plugins import _HOOK_OF_KIND
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "plugins" / "cxrsem-example" / "README.md"
+HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+               if hasattr(fn, "cxrsem_spec"))
+# Test plugins, and the plugin packages whose own tests exercise what their hooks register.
+TEST_FILES = [*ROOT.glob("tests/**/*.py"), *ROOT.glob("plugins/*/tests/**/*.py"),
+              *(p for p in ROOT.glob("plugins/*/src/**/*.py") if any(p.parents[2].glob("tests/test_*.py")))]
+
+
+def test_the_hooks_are_the_component_kinds():
+    assert sorted(_HOOK_OF_KIND.values()) == HOOKS
+    assert set(_HOOK_OF_KIND) == set(COMPONENT_KINDS)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_in_the_guide_with_every_field(hook):
+    guide = GUIDE.read_text()
+    assert f"`{hook}`" in guide or f"def {hook}(" in guide, f"{hook} is not explained in {GUIDE}"
+    kind = next(k for k, h in _HOOK_OF_KIND.items() if h == hook)
+    info = COMPONENT_KINDS[kind]
+    assert f"`{info.__name__}`" in guide or f"{info.__name__}(" in guide
+    for field in dataclasses.fields(info):
+        assert re.search(rf"`({info.__name__}\.)?{field.name}`", guide), \
+            f"{info.__name__}.{field.name} is not in {GUIDE.name}"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_test_plugin_implementing_it(hook):
+    implementing = [p for p in TEST_FILES if re.search(rf"def {hook}\(", p.read_text())]
+    assert implementing, f"no test registers a component through {hook}"
+
+
+@pytest.mark.parametrize("kind", sorted(COMPONENT_KINDS))
+def test_every_component_kind_has_a_contract_test(kind):
+    contracts = (ROOT / "tests" / "test_contracts.py").read_text()
+    assert f"def test_{kind}_contract(" in contracts
