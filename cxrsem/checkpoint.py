@@ -128,10 +128,25 @@ def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint"
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as exc:
-        summary = str(exc).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{source} does not fit architecture {arch['name']!r}: {summary[:200]}") from None
+        detail = _mismatch(model, checkpoint["state_dict"], exc)
+        raise CheckpointError(f"{source} does not fit architecture {arch['name']!r}: {detail}") from None
     return model.eval()
+
+
+def _mismatch(model: nn.Module, state_dict: Mapping[str, Any], exc: Exception) -> str:
+    """Which weights do not fit, in one line (torch's own message spans many)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != v.shape]
+
+    def listed(label: str, names: list[str]) -> str:
+        return f"{len(names)} {label} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+    parts = [listed(label, names) for label, names in (("missing", missing), ("unexpected", unexpected),
+                                                        ("of another shape", shapes)) if names]
+    return "; ".join(parts) or str(exc).strip().splitlines()[0][:200]
 
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:

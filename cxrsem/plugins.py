@@ -124,7 +124,9 @@ def _register_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: objec
     try:
         pm.register(plugin, name=name)
     except Exception as exc:  # a misspelled hook or bad signature: report, keep going
-        record.error = f"{type(exc).__name__}: {exc}"
+        other = pm.get_name(plugin) if pm.is_registered(plugin) else None
+        record.error = (f"the same plugin object is already registered as {other!r}" if other
+                        else f"{type(exc).__name__}: {exc}")
         return
     # Call each hook on this plugin alone so a failure is attributed to it and nothing else.
     for kind, hook_name in _HOOK_OF_KIND.items():

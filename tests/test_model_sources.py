@@ -103,3 +103,20 @@ def test_plugins_lists_the_source_and_its_specs(capsys):
     assert code == 0
     assert "model sources: zoo" in stdout
     assert "--model zoo:SPEC with SPEC one of tiny-a, broken" in stdout
+
+
+def test_a_state_dict_that_does_not_fit_is_named_in_one_line():
+    from cxrsem.checkpoint import build_model
+
+    checkpoint = load_model("zoo:tiny-a")
+    state = dict(checkpoint["state_dict"])
+    state.pop("classifier.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["features.0.weight"] = torch.zeros(3, 1, 3, 3)
+    with pytest.raises(CheckpointError) as info:
+        build_model({**checkpoint, "state_dict": state}, source="zoo:tiny-a")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == ("zoo:tiny-a does not fit architecture 'tiny-conv': 1 missing (classifier.bias); "
+            "1 unexpected (extra.weight); 1 of another shape (features.0.weight (3, 1, 3, 3) vs "
+            "(8, 1, 3, 3))")

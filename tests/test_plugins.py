@@ -149,3 +149,24 @@ def test_wrong_registration_type_is_reported():
     plugins.register_plugin(Plugin(), "wrong-type")
     with pytest.raises(PluginError, match="registered a DatasetInfo through register_losses"):
         plugins.get_registry()
+
+
+def test_the_same_plugin_object_registered_twice_names_the_first_registration():
+    from cxrsem.testing import TestKitPlugin
+
+    kit = TestKitPlugin()
+    plugins.register_plugin(kit, "first")
+    plugins.register_plugin(kit, "second")
+    records = {r.plugin: r for r in plugins.get_registry().plugins}
+    assert records["first"].error is None
+    assert records["second"].error == "the same plugin object is already registered as 'first'"
+    assert "tiny-conv" in plugins.get_registry().names("architecture")
+
+
+def test_cli_main_leaves_the_warning_display_as_it_was():
+    import warnings
+
+    before = warnings.showwarning
+    with pytest.raises(SystemExit):
+        main(["plugins", "--json"])
+    assert warnings.showwarning is before

@@ -71,8 +71,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    shown_before = warnings.showwarning
     if not debug:
         warnings.showwarning = _show_warning
+    try:
+        _run(argv, debug)
+    finally:  # main() is also called from tests and notebooks: leave their warnings as they were
+        warnings.showwarning = shown_before
+
+
+def _run(argv: list[str], debug: bool) -> None:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="cxrsem", standalone_mode=False)
