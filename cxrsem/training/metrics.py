@@ -13,15 +13,10 @@ output with neither true nor predicted positives (torchmetrics' ``zero_division=
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
-from torchmetrics.functional import mean_absolute_error, pearson_corrcoef
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
-    binary_f1_score,
-)
 
 from cxrsem.errors import UsageError
 from cxrsem.tasks import check_kind, expected_zone_score, known_labels, zone_logits
@@ -49,6 +44,17 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _tm() -> SimpleNamespace:
+    """torchmetrics' functions, imported on first use: importing torchmetrics pulls in torchvision
+    and torch._dynamo (~6 s), which every ``cxrsem`` command would otherwise pay at start-up."""
+    from torchmetrics.functional import mean_absolute_error, pearson_corrcoef
+    from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_f1_score
+
+    return SimpleNamespace(mean_absolute_error=mean_absolute_error, pearson_corrcoef=pearson_corrcoef,
+                           binary_accuracy=binary_accuracy, binary_auroc=binary_auroc,
+                           binary_f1_score=binary_f1_score)
+
+
 def _binary_scores(probs: Tensor, labels: Tensor) -> dict[str, float]:
     """AUROC (when both label values occur), F1 and accuracy of one binary output."""
     out: dict[str, float] = {}
@@ -56,9 +62,9 @@ def _binary_scores(probs: Tensor, labels: Tensor) -> dict[str, float]:
     if labels.numel() == 0:
         return out
     if 0 < int(labels.sum()) < labels.numel():
-        out["auroc"] = _f(binary_auroc(probs, labels))
-    out["f1"] = _f(binary_f1_score(probs, labels, threshold=0.5))
-    out["accuracy"] = _f(binary_accuracy(probs, labels, threshold=0.5))
+        out["auroc"] = _f(_tm().binary_auroc(probs, labels))
+    out["f1"] = _f(_tm().binary_f1_score(probs, labels, threshold=0.5))
+    out["accuracy"] = _f(_tm().binary_accuracy(probs, labels, threshold=0.5))
     return out
 
 
@@ -163,10 +169,10 @@ def _global_score(logits: Tensor, targets: Tensor, mask: Tensor | None) -> dict[
     pred, true = logits[sel, 0], targets[sel, 0]
     if pred.numel() == 0:
         return {}
-    out = {"mae": _f(mean_absolute_error(pred, true))}
+    out = {"mae": _f(_tm().mean_absolute_error(pred, true))}
     # Pearson's r is 0/0 when either side is constant; report "no linear relation" instead of NaN.
     if pred.numel() > 1 and bool(pred.std() > 0) and bool(true.std() > 0):
-        r = _f(pearson_corrcoef(pred.double(), true.double()))
+        r = _f(_tm().pearson_corrcoef(pred.double(), true.double()))
         out["pearson"] = r if math.isfinite(r) else 0.0
     else:
         out["pearson"] = 0.0
@@ -186,7 +192,7 @@ def _zones(logits: Tensor, targets: Tensor, names: list[str],
         sel = known[:, z]
         if not bool(sel.any()):
             continue
-        mae = _f(mean_absolute_error(expected[sel, z], true[sel, z]))
+        mae = _f(_tm().mean_absolute_error(expected[sel, z], true[sel, z]))
         acc = _f((argmax[sel, z] == true[sel, z]).float().mean())
         out[f"mae/{name}"] = mae
         out[f"accuracy/{name}"] = acc
@@ -198,6 +204,6 @@ def _zones(logits: Tensor, targets: Tensor, names: list[str],
     complete = known.all(dim=1)
     if bool(complete.any()):
         out["global_mae"] = _f(
-            mean_absolute_error(expected[complete].sum(dim=1), true[complete].sum(dim=1))
+            _tm().mean_absolute_error(expected[complete].sum(dim=1), true[complete].sum(dim=1))
         )
     return out
