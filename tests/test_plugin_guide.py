@@ -54,3 +54,28 @@ def test_every_hook_has_a_test_plugin_implementing_it(hook):
 def test_every_component_kind_has_a_contract_test(kind):
     contracts = (ROOT / "tests" / "test_contracts.py").read_text()
     assert f"def test_{kind}_contract(" in contracts
+
+
+def test_the_core_never_imports_the_plugin_packages():
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "cxrsem").rglob("*.py")
+                 if re.search(r"\b(cxrsem_example|cxrsem_xrv|torchxrayvision)\b", p.read_text())]
+    assert not offenders
+
+
+def test_both_plugin_packages_are_installed_and_listed(capsys):
+    import json
+
+    from cxrsem.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["plugins", "--json"])
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    for entry_point, distribution in (("example", "cxrsem-example"), ("xrv", "cxrsem-xrv")):
+        assert entry_point in listed, f"{distribution} is not installed: make test installs plugins/*"
+        assert listed[entry_point]["source"] == distribution
+        assert listed[entry_point]["version"] == "0.1.0" and listed[entry_point]["error"] is None
+    assert listed["example"]["components"] == {
+        "architecture": ["resnet50"], "concept_set": ["mask-folder"], "dataset": ["csv-folder"],
+        "loss": ["focal"]}
+    assert listed["xrv"]["components"] == {"architecture": ["xrv-densenet121", "xrv-resnet50"],
+                                           "model_source": ["xrv"]}
