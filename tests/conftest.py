@@ -16,6 +16,9 @@ import pytest
 
 from cxrsem import plugins
 
+# cxrsem's own test kit (register_plugin, tiny_phantom, one_thread), as plugin authors use it.
+pytest_plugins = ["cxrsem.testing.pytest_plugin"]
+
 
 @pytest.fixture(autouse=True)
 def _fresh_registry(monkeypatch):
@@ -29,17 +32,6 @@ def _fresh_registry(monkeypatch):
     yield
     plugins._extra.clear()
     plugins.reset()
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run faster, and steadier on a shared machine, on one thread than on two."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -23,13 +23,7 @@ LAYER = "features.denseblock4"
 UNITS = 69  # densenet-mini's denseblock4 with the default options
 SIZE = 64
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is faster (and steadier on a shared machine) than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_checkpoint_file(path: Path, kind: str = "multilabel", outputs=("a", "b", "c"),

@@ -13,17 +13,10 @@ from PIL import Image
 
 import cxrsem
 from cxrsem.checkpoint import make_checkpoint, save_checkpoint, state_dict_sha256
-from cxrsem.cli import main
 from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION
+from cxrsem.testing import run_cli
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is faster (and steadier on a shared machine) than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +35,6 @@ def assets(tmp_path_factory):
         Image.fromarray((rng.random((70, 60)) * 255).astype(np.uint8)).save(images / f"cxr{i}.png")
     return {"root": root, "ckpt": str(root / "model.pt"), "images": images,
             "sha": state_dict_sha256(checkpoint["state_dict"])}
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def _base(assets, out, *images):

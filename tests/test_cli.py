@@ -9,13 +9,7 @@ import pytest
 
 import cxrsem
 from cxrsem.cli import main
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
+from cxrsem.testing import run_cli
 
 
 def test_version(capsys):

@@ -7,20 +7,12 @@ import json
 import pytest
 
 from cxrsem import plugins
-from cxrsem.cli import main
-from cxrsem.testing import TestKitPlugin, tiny_checkpoint
+from cxrsem.testing import TestKitPlugin, run_cli, tiny_checkpoint
 
 
 @pytest.fixture(autouse=True)
 def testkit():
     plugins.register_plugin(TestKitPlugin(), "testkit")
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def test_command_hands_its_options_to_the_library(tmp_path, monkeypatch, capsys):

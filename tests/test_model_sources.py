@@ -10,11 +10,10 @@ import torch
 
 from cxrsem import plugins
 from cxrsem.checkpoint import load_checkpoint, load_model, make_checkpoint, source_prefix
-from cxrsem.cli import main
 from cxrsem.components import ModelSourceInfo
 from cxrsem.errors import CheckpointError
 from cxrsem.hookspecs import hookimpl
-from cxrsem.testing import TestKitPlugin, TinyConvNet, tiny_checkpoint
+from cxrsem.testing import TestKitPlugin, TinyConvNet, run_cli, tiny_checkpoint
 
 CALLS: list[str] = []
 
@@ -43,13 +42,6 @@ def zoo():
     plugins.register_plugin(TestKitPlugin(), "testkit")
     plugins.register_plugin(ZooPlugin(), "zoo")
     CALLS.clear()
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def test_source_prefix_tells_specs_from_paths(tmp_path):

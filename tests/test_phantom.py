@@ -45,13 +45,7 @@ def only(name: str, p: float = 1.0) -> dict[str, float]:
     return prevalence
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small renders are fastest on one thread (and the results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrsem.cli import main
 from cxrsem.errors import DataError, UsageError
 from cxrsem.reporting import ReportResult, SummaryRow, build_report, parse_labels
 from cxrsem.reporting.aggregate import (
@@ -30,6 +29,7 @@ from cxrsem.reporting.aggregate import (
 from cxrsem.reporting.build import assemble
 from cxrsem.reporting.collect import Unit, collect
 from cxrsem.reporting.markdown import md
+from cxrsem.testing import run_cli
 from tests.report_fixtures import attribution_doc, dissection_doc, write_attribution, write_dissection
 
 XSS = "<script>alert(1)</script>"
@@ -313,12 +313,6 @@ def test_markdown_writes_pngs_next_to_it(tmp_path, report):
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def test_cli_passes_options_to_build_report(monkeypatch, tmp_path, capsys):

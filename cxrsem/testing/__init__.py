@@ -178,3 +178,18 @@ def tiny_phantom(n: int = 4, image_size: int = 32, mask_size: int = 16, seed: in
     return TinyPhantom(dataset=dataset, concepts=concepts,
                        images=torch.stack([item["image"] for item in items]),
                        masks=torch.stack([item["masks"] for item in items]))
+
+
+def run_cli(args, capsys) -> tuple[int | str | None, str, str]:
+    """Run ``cxrsem ARGS`` in this process: ``(exit code, stdout, stderr)``, the output captured by
+    pytest's ``capsys`` fixture (arguments may be paths or numbers)."""
+    from cxrsem.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    else:  # pragma: no cover - main always exits
+        raise AssertionError("cxrsem.cli.main returned without an exit code")
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

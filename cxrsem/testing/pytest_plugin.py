@@ -16,6 +16,10 @@ Fixtures:
     A :class:`~cxrsem.testing.TinyPhantom`: a few phantom training items and concept-set items at
     32 px (masks 16 px), built once per session.  Treat its tensors as read-only.
 
+``one_thread`` (module scope)
+    Run the module's tests with one torch thread: tiny models are faster, and steadier on a shared
+    machine, on one thread than on several.  Use ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+
 ``cxrsem_fresh_registry`` (not autouse)
     Forget the registry before and after a test, e.g. after changing ``CXRSEM_DISABLE_PLUGINS``.
 """
@@ -98,3 +102,14 @@ def cxrsem_fresh_registry() -> Iterator[None]:
 def tiny_phantom_fixture() -> TinyPhantom:
     """4 phantom training and concept-set samples at 32 px (masks 16 px); read-only, per session."""
     return _make_tiny_phantom()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for the module's tests (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

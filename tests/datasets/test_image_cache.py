@@ -16,6 +16,7 @@ import cxrsem
 from cxrsem import imagecache
 from cxrsem.errors import UsageError
 from cxrsem.prepare import prepare_images
+from cxrsem.testing import run_cli
 
 HALF_LEVEL = 0.5 / 255 + 1e-6  # the most an 8-bit row may differ from the decoded image
 
@@ -197,15 +198,6 @@ def test_reader_tags_ignore_default_keywords():
 
     assert imagecache.reader_tag(functools.partial(read_image, voi=True)) == imagecache.reader_tag(read_image)
     assert imagecache.reader_tag(functools.partial(read_image, voi=False)).endswith("(voi=False)")
-
-
-def run_cli(args, capsys):
-    from cxrsem.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def test_prepare_then_dissect_on_the_command_line(covid_root, tmp_path, capsys):

@@ -26,17 +26,6 @@ def example(register_plugin):
     return register_plugin(cxrsem_example.plugin, "example-under-test")
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Small CPU models run faster, and steadier on a shared machine, on one thread."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def write_png():
     """``write_png(path, array)``: a uint8 (or bool: 0/255) array as a PNG, folders created."""

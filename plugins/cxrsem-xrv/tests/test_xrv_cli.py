@@ -5,16 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-from cxrsem.cli import main
+from cxrsem.testing import run_cli
 from PIL import Image
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def test_dissect_then_attribute_an_xrv_model(cache, tmp_path, capsys):
