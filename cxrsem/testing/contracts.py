@@ -163,4 +163,4 @@ def check_loss(loss_name: str, task: str, **options: Any) -> float:
         masked = loss_fn(logits, targets, target_mask=torch.ones_like(targets, dtype=torch.bool))
     _expect(torch.allclose(masked, value.detach(), rtol=1e-5, atol=1e-7), name,
             "an all-known target_mask changes the loss")
-    return float(value)
+    return float(value.detach())
