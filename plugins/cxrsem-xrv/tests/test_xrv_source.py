@@ -166,3 +166,14 @@ def test_foreign_files_are_one_line_errors(tmp_path):
     torch.save({"a": 1}, tmp_path / "numbers.pt")
     with pytest.raises(CheckpointError, match="non-tensor entries a"):
         read_state_dict(tmp_path / "numbers.pt")
+
+
+def test_a_truncated_legacy_file_is_one_line_error(tmp_path):
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.arange(1000.0)}, whole, _use_new_zipfile_serialization=False)
+    torch.testing.assert_close(read_state_dict(whole)["w"], torch.arange(1000.0))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[:-100])  # the last storage bytes are missing
+    with pytest.raises(CheckpointError, match="truncated or of the wrong size") as info:
+        read_state_dict(cut)
+    assert "\n" not in str(info.value)

@@ -17,16 +17,16 @@ into a model that cxrsem-xrv built itself.
 * zip-format files: ``torch.load(weights_only=True)`` inside
   ``torch.serialization.safe_globals`` that maps the :data:`MODULE_CLASSES` names to stand-ins;
 * legacy-format files: torch's weights-only unpickler refuses them outright (legacy ``torch.save``
-  records every ``nn.Module`` class as a non-storage persistent id, which it never accepts), so
-  they go through ``torch.load(pickle_module=...)`` with an unpickler whose ``find_class``
-  resolves exactly the same allowlist (:data:`ALLOWED_GLOBALS`) and fails on any other global.
+  records every ``nn.Module`` class as a non-storage persistent id, which it never accepts), and
+  ``torch.load`` would need ``weights_only=False`` for them.  So :func:`_read_legacy` reads that
+  format itself: its pickles go through an unpickler whose ``find_class`` resolves exactly the
+  same allowlist (:data:`ALLOWED_GLOBALS`, plus the storage type names) and fails on any other
+  global, and the raw storage bytes that follow are copied into fresh CPU storages.
 """
 
 from __future__ import annotations
 
 import pickle
-import types
-import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -66,9 +66,6 @@ class PickledModule:
     (``_parameters``, ``_buffers``, ``_modules``, ...) as plain data and runs no library code."""
 
     pickled_name = "?"
-    # Read by torch's legacy loader when a class's source differs from the source saved in the
-    # file (it always does for a stand-in); False makes it warn instead of writing a patch file.
-    dump_patches = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # a REDUCE on the class lands here
         self.attributes: dict[str, Any] = {}
@@ -108,14 +105,69 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return found
 
 
-def _restricted_load(file: Any, **kwargs: Any) -> Any:
-    return _RestrictedUnpickler(file, **kwargs).load()
+# The legacy format (torch.serialization._legacy_load): pickles of the magic number, the
+# protocol version and system info, then the object pickle whose storages are persistent ids,
+# then a pickled list of storage keys, then per key an int64 element count and the raw bytes.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
 
 
-# torch.load(pickle_module=...) wants a module-like object with Unpickler and load.
-_restricted_pickle = types.ModuleType("cxrsem_xrv.restricted_pickle")
-_restricted_pickle.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-_restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
+class _LegacyUnpickler(_RestrictedUnpickler):
+    """The object pickle of a legacy file: module records resolve to their (stand-in) class,
+    storage records to empty CPU storages that :func:`_read_legacy` fills afterwards."""
+
+    def __init__(self, file: Any, storages: dict[str, torch.storage.TypedStorage]) -> None:
+        super().__init__(file, encoding="utf-8")
+        self.storages = storages
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        return super().find_class(module, name)
+
+    def persistent_load(self, saved_id: Any) -> Any:
+        kind = saved_id[0] if isinstance(saved_id, tuple) and saved_id else None
+        if kind == "module":
+            return saved_id[1]
+        if kind != "storage" or len(saved_id) != 6 or not isinstance(saved_id[1], torch.dtype):
+            raise pickle.UnpicklingError(f"unexpected persistent id {str(saved_id)[:80]}")
+        _, dtype, key, _location, numel, view = saved_id
+        if view is not None:  # storage views: never written for the parameters of a module
+            raise pickle.UnpicklingError("storage views are not supported")
+        if key not in self.storages:
+            nbytes = int(numel) * torch._utils._element_size(dtype)
+            self.storages[key] = torch.storage.TypedStorage(
+                wrap_storage=torch.UntypedStorage(nbytes), dtype=dtype, _internal=True)
+        return self.storages[key]
+
+
+def _read_legacy(file: Any) -> Any:
+    """A legacy-format ``torch.save`` file, read without ``torch.load`` (see the module doc)."""
+    header = [_RestrictedUnpickler(file, encoding="utf-8").load() for _ in range(3)]
+    if header[0] != _LEGACY_MAGIC or header[1] != _LEGACY_PROTOCOL:
+        raise pickle.UnpicklingError("not a torch.save file (wrong magic number or protocol)")
+    if not isinstance(header[2], dict) or not header[2].get("little_endian", True):
+        raise pickle.UnpicklingError("big-endian torch files are not supported")
+    storages: dict[str, torch.storage.TypedStorage] = {}
+    result = _LegacyUnpickler(file, storages).load()
+    keys = _RestrictedUnpickler(file, encoding="utf-8").load()
+    if not isinstance(keys, list) or set(keys) != set(storages):
+        raise pickle.UnpicklingError("the storage list does not match the pickled tensors")
+    for key in keys:
+        typed = storages[key]
+        numel = int.from_bytes(file.read(8), "little")
+        nbytes = numel * torch._utils._element_size(typed.dtype)
+        data = file.read(nbytes)
+        if numel != typed.size() or len(data) != nbytes:
+            raise pickle.UnpicklingError(f"storage {key} is truncated or of the wrong size")
+        typed._untyped_storage.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage())
+    return result
 
 
 def _load(path: Path) -> Any:
@@ -123,11 +175,8 @@ def _load(path: Path) -> Any:
         allowed = [(stand_in, name) for name, stand_in in _STAND_INS.items()]
         with torch.serialization.safe_globals([*allowed, _get_thnn_function_backend]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    with warnings.catch_warnings():
-        # torch compares each module class's source with the one saved in the file: a stand-in's
-        # never matches, which is expected and not worth a warning per class.
-        warnings.simplefilter("ignore")
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+    with open(path, "rb") as file:
+        return _read_legacy(file)
 
 
 def _error_line(exc: Exception) -> str:
