@@ -164,7 +164,7 @@ def _read_legacy(file: Any) -> Any:
         numel = int.from_bytes(file.read(8), "little")
         nbytes = numel * torch._utils._element_size(typed.dtype)
         data = file.read(nbytes)
-        if numel != typed.size() or len(data) != nbytes:
+        if typed._untyped_storage.nbytes() != nbytes or len(data) != nbytes:
             raise pickle.UnpicklingError(f"storage {key} is truncated or of the wrong size")
         typed._untyped_storage.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage())
     return result
