@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxrsem.errors import CheckpointError, CxrsemError
+from cxrsem.errors import CheckpointError, CxrsemError, UnknownComponentError
 from cxrsem.outputs import save_torch
+from cxrsem.plugins import get_model_source, unknown_name_message
 
 FORMAT = "cxrsem-checkpoint/1"
 REQUIRED = ("state_dict", "arch", "task", "input")
@@ -70,9 +71,6 @@ def load_model(spec: str | Path) -> dict[str, Any]:
     prefix = source_prefix(spec)
     if prefix is None:
         return load_checkpoint(spec)
-    from cxrsem.errors import UnknownComponentError
-    from cxrsem.plugins import get_model_source
-
     try:
         info = get_model_source(prefix)
     except UnknownComponentError as exc:
@@ -80,8 +78,6 @@ def load_model(spec: str | Path) -> dict[str, Any]:
                               f"({exc})") from None
     name = str(spec).partition(":")[2]
     if info.specs and name not in info.specs:
-        from cxrsem.plugins import unknown_name_message
-
         raise CheckpointError(unknown_name_message(f"{prefix} model", name, info.specs))
     return validate_checkpoint(info.factory(spec=name, **info.defaults()), str(spec))
 

@@ -33,7 +33,6 @@ class ConceptSource:
     limit: int = 0
     seed: int = 0
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per set, as given
-    cache_dir: str | None = None  # the prepared image cache (None = the default one)
 
     def prepared_images(self) -> dict[str, Any]:
         """Per set, which prepared image stores serve it (part of the activation cache's key: a
@@ -131,7 +130,7 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
             channels.append(concepts.index(label))
         channel_maps.append(channels)
     source = ConceptSource(sets, concepts, channel_maps, image_size, mask_size, limit, seed,
-                           {name: dict(opts) for name, opts in options.items()}, cache_dir)
+                           {name: dict(opts) for name, opts in options.items()})
     if len(source) == 0:
         raise DataError(f"the concept set(s) {', '.join(names)} hold no images")
     return source
