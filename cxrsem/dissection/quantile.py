@@ -22,6 +22,11 @@ import torch
 from cxrsem.errors import UsageError
 
 
+# Recorded in dissection.json (settings.quantile_on): what T_k is the quantile of, and by which rule.
+QUANTILE_RULE = ("raw activations of the unit over all its spatial positions and images "
+                 "(as in the paper), numpy.quantile(values, 1 - q, method='inverted_cdf')")
+
+
 def quantile_index(n: int, quantile: float) -> int:
     """0-based position in the ascending sort of T = ``np.quantile(v, 1 - q, method="inverted_cdf")``,
     computed with NumPy's own floating-point steps so the two agree exactly."""

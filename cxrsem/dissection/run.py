@@ -28,6 +28,7 @@ from cxrsem.engine.device import resolve_device
 from cxrsem.engine.layers import capture, resolve_layers
 from cxrsem.engine.preprocess import normalize
 from cxrsem.errors import UsageError
+from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
 from cxrsem.outputs import ensure_output_dir
 
 Progress = Callable[..., None]
@@ -36,9 +37,9 @@ TOP_IMAGES = 4  # top-activating images kept per unit for the Fig. 3 gallery
 
 @dataclass
 class DissectSettings:
-    quantile: float = 0.005
+    quantile: float = DEFAULT_QUANTILE
     quantile_sample: int = 0
-    iou_threshold: float = 0.04
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD
     seg_size: int = 112
     limit: int = 0
     batch_size: int = 32

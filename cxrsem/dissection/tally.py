@@ -26,10 +26,16 @@ import torch
 import torch.nn.functional as F
 
 
+# What unit_masks applies, recorded verbatim in every dissection.json (settings.interpolation and
+# settings.mask_rule), so the record cannot drift from the code.
+INTERPOLATION = {"mode": "bilinear", "align_corners": False}
+MASK_RULE = "upsampled activation >= T_k"
+
+
 def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """M_k = S'_k >= T_k for maps ``[P, h, w]`` with thresholds ``[P]``: bool ``[P, *size]``."""
     centred = maps.double() - thresholds.double()[:, None, None]
-    upsampled = F.interpolate(centred.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    upsampled = F.interpolate(centred.unsqueeze(1), size=size, **INTERPOLATION)
     return upsampled[:, 0] >= 0
 
 
