@@ -24,7 +24,7 @@ import torch
 import cxrsem
 from cxrsem.checkpoint import make_checkpoint, save_checkpoint
 from cxrsem.dissection import DissectSettings, dissect
-from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, normalize
+from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, InputSpec
 
 
 def write_checkpoint(folder: Path, arch: str, image_size: int) -> Path:
@@ -39,12 +39,13 @@ def write_checkpoint(folder: Path, arch: str, image_size: int) -> Path:
 def bare_forward_seconds(checkpoint: Path, images: torch.Tensor, batch_size: int) -> float:
     from cxrsem.checkpoint import build_model, load_checkpoint
 
-    model = build_model(load_checkpoint(checkpoint))
+    loaded = load_checkpoint(checkpoint)
+    model, spec = build_model(loaded), InputSpec.from_checkpoint(loaded)
     with torch.no_grad():
-        model(normalize(images[:batch_size]))  # warm-up
+        model(spec.prepare(images[:batch_size]))  # warm-up
         started = time.perf_counter()
         for start in range(0, len(images), batch_size):
-            model(normalize(images[start:start + batch_size]))
+            model(spec.prepare(images[start:start + batch_size]))
     return time.perf_counter() - started
 
 

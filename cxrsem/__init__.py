@@ -19,27 +19,24 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from cxrsem import api as _api  # noqa: E402
 from cxrsem.api import (  # noqa: E402
     create_architecture,
+    create_attribution_method,
     create_concept_set,
     create_dataset,
     create_loss,
-    list_architectures,
-    list_concept_sets,
-    list_datasets,
-    list_losses,
-    list_model_sources,
 )
-from cxrsem.components import (  # noqa: E402
-    ArchitectureInfo,
-    ConceptSetInfo,
-    DatasetInfo,
-    LossInfo,
-    ModelSourceInfo,
-    Option,
-)
+from cxrsem.components import KINDS as _KINDS  # noqa: E402
+from cxrsem.components import Option  # noqa: E402
 from cxrsem.errors import CxrsemError  # noqa: E402
 from cxrsem.hookspecs import hookimpl  # noqa: E402
+
+# list_datasets, ... and DatasetInfo, ...: one of each per kind of cxrsem.components.KINDS.
+for _kind in _KINDS.values():
+    globals()[_kind.list_name] = getattr(_api, _kind.list_name)
+    globals()[_kind.info_class.__name__] = _kind.info_class
+del _kind
 
 
 def __getattr__(name: str):
@@ -67,22 +64,15 @@ __all__ = [
     "hookimpl",
     "CxrsemError",
     "Option",
-    "DatasetInfo",
-    "ConceptSetInfo",
-    "LossInfo",
-    "ArchitectureInfo",
-    "ModelSourceInfo",
+    *(kind.info_class.__name__ for kind in _KINDS.values()),
     "load_model",
     "prepare_images",
-    "list_model_sources",
-    "list_datasets",
-    "list_concept_sets",
-    "list_losses",
-    "list_architectures",
+    *(kind.list_name for kind in _KINDS.values()),
     "create_dataset",
     "create_concept_set",
     "create_loss",
     "create_architecture",
+    "create_attribution_method",
     "train",
     "TrainConfig",
     "dissect",

@@ -1,8 +1,9 @@
 """Registration objects that plugins hand to cxrsem, and the data contracts they promise.
 
-Every dataset, concept set, loss and architecture -- built-in or third-party -- is described by one
-of the frozen dataclasses below and registered through the hooks in :mod:`cxrsem.hookspecs`.  The
-core only ever sees these objects, never a concrete class, so new components need no core change.
+Every dataset, concept set, loss, architecture, model source and attribution method -- built-in or
+third-party -- is described by one of the frozen dataclasses below and registered through the hooks
+in :mod:`cxrsem.hookspecs`.  The core only ever sees these objects, never a concrete class, so new
+components need no core change.  The kinds themselves are declared once, in :data:`KINDS`.
 
 Data contracts
 --------------
@@ -87,7 +88,6 @@ class ConceptSetInfo(_Component):
     """
 
     needs_root: bool = False
-    annotation: str = "mask"  # "mask" or "bbox": what the annotations are drawn from
 
 
 @dataclass(frozen=True)
@@ -132,13 +132,62 @@ class ModelSourceInfo(_Component):
     specs: tuple[str, ...] = ()
 
 
-COMPONENT_KINDS: Mapping[str, type[_Component]] = {
-    "dataset": DatasetInfo,
-    "concept_set": ConceptSetInfo,
-    "loss": LossInfo,
-    "architecture": ArchitectureInfo,
-    "model_source": ModelSourceInfo,
-}
+@dataclass(frozen=True)
+class AttributionMethodInfo(_Component):
+    """A semantic attribution method (``cxrsem attribute --method NAME``, paper Sec. 2.3).
+
+    ``factory(**options)`` checks its options and returns the method, a callable
+    ``method(split, images, *, values, columns, batch_size, progress=None) -> LayerAttribution``
+    (:class:`cxrsem.attribution.methods.LayerAttribution`): ``split`` is the model cut at the
+    explained layer (:class:`cxrsem.engine.split.Split`), ``images`` a batch of model-ready inputs,
+    the explained scalar of image ``n`` is ``values(logits)[n, columns[n]]`` (``columns`` is a
+    tensor or a function of the logits at the layer's activations).  The result holds the per-unit
+    maps ``s`` (``[N, K, h, w]``) and, where the method defines them, ``f(A)``, ``f(0)`` (for the
+    completeness check), the logits and the columns explained.  Units are scored by ``sum |s|``
+    (:func:`cxrsem.attribution.methods.unit_scores`).  ``baseline`` describes what the
+    attribution is measured against (``"zero activations"``), or ``None``; it is recorded with
+    every result.
+    """
+
+    baseline: str | None = None
+
+
+@dataclass(frozen=True)
+class ComponentKind:
+    """One kind of component: everything the registry, the Python API and ``cxrsem plugins``
+    need to know about it, declared once in :data:`KINDS`.
+
+    ``key`` names the kind in the registry (``registry.get(key, name)``) and the Python API
+    (``get_<key>``, ``create_<key>``); ``hook`` is its hook in :mod:`cxrsem.hookspecs`;
+    ``label`` and ``plural`` are its words in messages (``plural`` with ``_`` for spaces is also
+    the ``list_<plural>`` function).
+    """
+
+    key: str
+    info_class: type[_Component]
+    hook: str
+    label: str
+    plural: str
+
+    @property
+    def list_name(self) -> str:
+        return "list_" + self.plural.replace(" ", "_")
+
+
+KINDS: Mapping[str, ComponentKind] = {kind.key: kind for kind in (
+    ComponentKind("dataset", DatasetInfo, "register_datasets", "dataset", "datasets"),
+    ComponentKind("concept_set", ConceptSetInfo, "register_concept_sets", "concept set",
+                  "concept sets"),
+    ComponentKind("loss", LossInfo, "register_losses", "loss", "losses"),
+    ComponentKind("architecture", ArchitectureInfo, "register_architectures", "architecture",
+                  "architectures"),
+    ComponentKind("model_source", ModelSourceInfo, "register_model_sources", "model source",
+                  "model sources"),
+    ComponentKind("attribution_method", AttributionMethodInfo, "register_attribution_methods",
+                  "attribution method", "attribution methods"),
+)}
+
+COMPONENT_KINDS: Mapping[str, type[_Component]] = {key: kind.info_class for key, kind in KINDS.items()}
 
 
 @dataclass

@@ -38,9 +38,3 @@ class CheckpointError(CxrsemError):
 
 class TrainingError(CxrsemError):
     """Training stopped (non-finite loss, out of memory, ...)."""
-
-
-class NotImplementedYet(CxrsemError):
-    """A subcommand whose implementation has not landed yet."""
-
-    exit_code = 2

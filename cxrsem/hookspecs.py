@@ -8,6 +8,7 @@ A plugin is a module (or object) with functions named like the hooks below, deco
 
 Each hook receives a ``register`` callback; call it once per component with a registration object
 from :mod:`cxrsem.components`.  The built-in components are registered through these same hooks.
+Each hook is one row of :data:`cxrsem.components.KINDS`, which ties it to its registration class.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from collections.abc import Callable
 
 import pluggy
 
-from cxrsem.components import ArchitectureInfo, ConceptSetInfo, DatasetInfo, LossInfo, ModelSourceInfo
+from cxrsem.components import (
+    ArchitectureInfo,
+    AttributionMethodInfo,
+    ConceptSetInfo,
+    DatasetInfo,
+    LossInfo,
+    ModelSourceInfo,
+)
 
 hookspec = pluggy.HookspecMarker("cxrsem")
 hookimpl = pluggy.HookimplMarker("cxrsem")
@@ -45,3 +53,9 @@ def register_architectures(register: Callable[[ArchitectureInfo], None]) -> None
 @hookspec
 def register_model_sources(register: Callable[[ModelSourceInfo], None]) -> None:
     """Register sources of ready-made models (``--model NAME:SPEC``): ``register(ModelSourceInfo(...))``."""
+
+
+@hookspec
+def register_attribution_methods(register: Callable[[AttributionMethodInfo], None]) -> None:
+    """Register semantic attribution methods (``cxrsem attribute --method NAME``):
+    ``register(AttributionMethodInfo(name=..., factory=...))``."""

@@ -20,16 +20,7 @@ from typing import Any
 import pluggy
 
 from cxrsem import hookspecs
-from cxrsem.components import (
-    COMPONENT_KINDS,
-    ArchitectureInfo,
-    ConceptSetInfo,
-    DatasetInfo,
-    LossInfo,
-    ModelSourceInfo,
-    Registration,
-    _Component,
-)
+from cxrsem.components import KINDS, Registration, _Component
 from cxrsem.errors import PluginError, UnknownComponentError
 
 ENTRY_POINT_GROUP = "cxrsem"
@@ -43,23 +34,8 @@ DEFAULT_PLUGINS = (
     "cxrsem.default_plugins.brixia",
     "cxrsem.default_plugins.covid_seg",
     "cxrsem.default_plugins.weak",
+    "cxrsem.default_plugins.ig",
 )
-
-_HOOK_OF_KIND = {
-    "dataset": "register_datasets",
-    "concept_set": "register_concept_sets",
-    "loss": "register_losses",
-    "architecture": "register_architectures",
-    "model_source": "register_model_sources",
-}
-_KIND_LABEL = {
-    "dataset": "dataset",
-    "concept_set": "concept set",
-    "loss": "loss",
-    "architecture": "architecture",
-    "model_source": "model source",
-}
-
 
 def disabled_plugins() -> set[str]:
     raw = os.environ.get("CXRSEM_DISABLE_PLUGINS", "")
@@ -71,7 +47,7 @@ class Registry:
     """Everything the loaded plugins registered, by kind and name, plus who registered what."""
 
     components: dict[str, dict[str, _Component]] = field(
-        default_factory=lambda: {kind: {} for kind in COMPONENT_KINDS}
+        default_factory=lambda: {kind: {} for kind in KINDS}
     )
     owners: dict[tuple[str, str], str] = field(default_factory=dict)
     plugins: list[Registration] = field(default_factory=list)
@@ -83,7 +59,7 @@ class Registry:
     def get(self, kind: str, name: str) -> Any:
         found = self.components[kind].get(name)
         if found is None:
-            raise UnknownComponentError(unknown_name_message(_KIND_LABEL[kind], name, self.names(kind)))
+            raise UnknownComponentError(unknown_name_message(KINDS[kind].label, name, self.names(kind)))
         return found
 
 
@@ -96,18 +72,18 @@ def unknown_name_message(label: str, name: str, available: Iterable[str]) -> str
 
 
 def _make_register(registry: Registry, kind: str, plugin_name: str, record: Registration):
-    expected = COMPONENT_KINDS[kind]
+    expected = KINDS[kind].info_class
 
     def register(info: _Component) -> None:
         if not isinstance(info, expected):
             raise PluginError(
                 f"plugin {plugin_name!r} registered a {type(info).__name__} through "
-                f"{_HOOK_OF_KIND[kind]}; expected {expected.__name__}"
+                f"{KINDS[kind].hook}; expected {expected.__name__}"
             )
         previous = registry.owners.get((kind, info.name))
         if previous is not None:
             raise PluginError(
-                f"{_KIND_LABEL[kind]} {info.name!r} is registered by two plugins: "
+                f"{KINDS[kind].label} {info.name!r} is registered by two plugins: "
                 f"{previous!r} and {plugin_name!r}; disable one with CXRSEM_DISABLE_PLUGINS"
             )
         registry.components[kind][info.name] = info
@@ -129,12 +105,13 @@ def _register_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: objec
                         else f"{type(exc).__name__}: {exc}")
         return
     # Call each hook on this plugin alone so a failure is attributed to it and nothing else.
-    for kind, hook_name in _HOOK_OF_KIND.items():
+    for kind in KINDS.values():
+        hook_name = kind.hook
         impl = getattr(plugin, hook_name, None)
         if impl is None:
             continue
         try:
-            impl(register=_make_register(registry, kind, name, record))
+            impl(register=_make_register(registry, kind.key, name, record))
         except PluginError:
             raise
         except Exception as exc:
@@ -221,24 +198,25 @@ def reset() -> None:
         _registry = None
 
 
-def get_dataset(name: str) -> DatasetInfo:
-    return get_registry().get("dataset", name)
+def get(kind: str, name: str) -> Any:
+    """Registered component ``name`` of ``kind`` (a key of :data:`cxrsem.components.KINDS`)."""
+    return get_registry().get(kind, name)
 
 
-def get_concept_set(name: str) -> ConceptSetInfo:
-    return get_registry().get("concept_set", name)
+def _getter(kind: str):
+    def getter(name: str) -> Any:
+        return get(kind, name)
+
+    getter.__name__ = getter.__qualname__ = f"get_{kind}"
+    getter.__doc__ = (f"The registered {KINDS[kind].label} ``name`` "
+                      f"(:class:`cxrsem.components.{KINDS[kind].info_class.__name__}`).")
+    return getter
 
 
-def get_loss(name: str) -> LossInfo:
-    return get_registry().get("loss", name)
-
-
-def get_architecture(name: str) -> ArchitectureInfo:
-    return get_registry().get("architecture", name)
-
-
-def get_model_source(name: str) -> ModelSourceInfo:
-    return get_registry().get("model_source", name)
+# get_dataset, get_concept_set, ...: one per kind of cxrsem.components.KINDS.
+for _kind in KINDS:
+    globals()[f"get_{_kind}"] = _getter(_kind)
+del _kind
 
 
 def describe_plugins(details: bool = False) -> list[dict[str, Any]]:

@@ -288,7 +288,9 @@ def test_single_unreadable_image_is_an_error_and_writes_nothing(assets, tmp_path
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"steps": 1}, "at least 2"),
-    ({"method": "simpson"}, "unknown integration method"),
+    ({"rule": "simpson"}, "unknown integration method"),
+    ({"method": "simpson"}, "unknown attribution method 'simpson'"),
+    ({"method_options": {"stpes": 4}}, "did you mean 'steps'"),
     ({"top_k": 0}, "--top-k"),
     ({"layer": "denseblock9"}, "unknown layer 'denseblock9'"),
 ])

@@ -92,7 +92,9 @@ def test_single_corrupt_image_is_an_error(assets, tmp_path, capsys):
     (["--target", "pneumonia"], 2, ["'pneumonia' is not an output", "effusion, edema"]),
     (["--target", "score"], 2, ["effusion, edema"]),
     (["--steps", "1"], 2, ["--steps must be an integer of at least 2"]),
-    (["--method", "simpson"], 2, ["unknown integration method 'simpson'"]),
+    (["--rule", "simpson"], 2, ["unknown integration method 'simpson'"]),
+    (["--method", "simpson"], 2, ["unknown attribution method 'simpson'", "ig"]),
+    (["--method-opt", "stpes=4"], 2, ["option for attribution method 'ig'", "did you mean 'steps'"]),
     (["--layer", "denseblok4"], 2, ["unknown layer 'denseblok4'", "did you mean"]),
     (["--model", "missing.pt"], 1, ["checkpoint not found"]),
 ])

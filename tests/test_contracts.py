@@ -11,6 +11,7 @@ import cxrsem
 from cxrsem.plugins import build_registry
 from cxrsem.testing.contracts import (
     check_architecture,
+    check_attribution_method,
     check_concept_set,
     check_loss,
     check_training_dataset,
@@ -111,6 +112,14 @@ def test_model_source_contract(name):
     info = REGISTRY.get("model_source", name)
     assert info.description, f"model source {name!r} has no description"
     assert all(isinstance(s, str) and s and ":" not in s for s in info.specs)
+
+
+@pytest.mark.parametrize("name", names("attribution_method"))
+def test_attribution_method_contract(name):
+    info = REGISTRY.get("attribution_method", name)
+    assert info.description, f"attribution method {name!r} has no description"
+    # Few integration points where a method has them: the contract, not the accuracy, is checked.
+    check_attribution_method(name, **({"steps": 4} if info.option("steps") else {}))
 
 
 def test_the_checks_can_fail(phantom_images):

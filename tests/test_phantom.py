@@ -367,8 +367,7 @@ def test_registered_components():
     assert set(dataset.tasks) == {"multilabel", "global-score", "zones", "binary"}
     assert dataset.defaults() == {"n_train": 1000, "n_val": 200, "n_test": 200, "prevalence": ""}
     masks = registry.get("concept_set", "phantom")
-    boxes = registry.get("concept_set", "phantom-bbox")
-    assert (masks.annotation, boxes.annotation) == ("mask", "bbox")
+    assert registry.get("concept_set", "phantom-bbox").needs_root is False
     assert masks.defaults() == {"n_images": 400, "split": "test", "prevalence": ""}
     # Through the public API, with options as the command line passes them (strings).
     ds = cxrsem.create_dataset("phantom", split="test", image_size=32, n_test="5",

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from cxrsem import hookspecs
-from cxrsem.components import COMPONENT_KINDS
-from cxrsem.plugins import _HOOK_OF_KIND
+from cxrsem.components import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "plugins" / "cxrsem-example" / "README.md"
@@ -28,16 +27,26 @@ TEST_FILES = [*ROOT.glob("tests/**/*.py"), *ROOT.glob("plugins/*/tests/**/*.py")
 
 
 def test_the_hooks_are_the_component_kinds():
-    assert sorted(_HOOK_OF_KIND.values()) == HOOKS
-    assert set(_HOOK_OF_KIND) == set(COMPONENT_KINDS)
+    assert sorted(kind.hook for kind in KINDS.values()) == HOOKS
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_has_its_python_api(kind):
+    import cxrsem
+    from cxrsem import plugins
+
+    entry = KINDS[kind]
+    assert getattr(cxrsem, entry.list_name)() == plugins.get_registry().names(kind)
+    assert entry.info_class.__name__ in cxrsem.__all__ and entry.list_name in cxrsem.__all__
+    for name in plugins.get_registry().names(kind)[:1]:
+        assert getattr(plugins, f"get_{kind}")(name).name == name
 
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_is_in_the_guide_with_every_field(hook):
     guide = GUIDE.read_text()
     assert f"`{hook}`" in guide or f"def {hook}(" in guide, f"{hook} is not explained in {GUIDE}"
-    kind = next(k for k, h in _HOOK_OF_KIND.items() if h == hook)
-    info = COMPONENT_KINDS[kind]
+    info = next(k.info_class for k in KINDS.values() if k.hook == hook)
     assert f"`{info.__name__}`" in guide or f"{info.__name__}(" in guide
     for field in dataclasses.fields(info):
         assert re.search(rf"`({info.__name__}\.)?{field.name}`", guide), \
@@ -50,7 +59,7 @@ def test_every_hook_has_a_test_plugin_implementing_it(hook):
     assert implementing, f"no test registers a component through {hook}"
 
 
-@pytest.mark.parametrize("kind", sorted(COMPONENT_KINDS))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_component_kind_has_a_contract_test(kind):
     contracts = (ROOT / "tests" / "test_contracts.py").read_text()
     assert f"def test_{kind}_contract(" in contracts

@@ -26,69 +26,61 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cxrsem.attribution.quadrature import check_method, check_steps, nodes_weights
+from cxrsem.attribution.methods import Columns, LayerAttribution, ValuesFn
+from cxrsem.attribution.quadrature import Quadrature
 from cxrsem.engine.split import Split, repeat_rows, split_at
 from cxrsem.errors import UsageError
 
-__all__ = ["LayerAttribution", "integrated_gradients", "layer_integrated_gradients"]
+__all__ = ["IntegratedGradients", "LayerAttribution", "integrated_gradients",
+           "layer_integrated_gradients"]
 
-ValuesFn = Callable[[torch.Tensor], torch.Tensor]
+BASELINE = "zero activations"
 Progress = Callable[..., None]
 
 
-@dataclass
-class LayerAttribution:
-    """Integrated Gradients of a batch of images at one layer.
+@dataclass(frozen=True)
+class IntegratedGradients:
+    """The registered method ``ig`` (an :class:`~cxrsem.attribution.methods.AttributionMethod`):
+    exact layer IG (Eq. 6) with the checked quadrature ``quadrature``."""
 
-    ``attributions`` is ``s`` (``[N, K, h, w]``), ``activations`` is ``A``; ``f_input`` and
-    ``f_baseline`` are ``f(A)`` and ``f(0)`` (``[N]``), ``logits`` the model output at ``A``
-    (``[N, outputs]``), ``columns`` the explained column of ``values_fn(logits)`` per image.
-    """
+    quadrature: Quadrature
 
-    attributions: torch.Tensor
-    activations: torch.Tensor
-    f_input: torch.Tensor
-    f_baseline: torch.Tensor
-    logits: torch.Tensor
-    columns: torch.Tensor
-    path: str
-    split_reason: str | None
-    method: str
-    steps: int
+    @classmethod
+    def from_options(cls, *, rule: str = "gausslegendre", steps: int = 32) -> IntegratedGradients:
+        return cls(Quadrature.of(rule, steps))
 
     @property
-    def unit_contributions(self) -> torch.Tensor:
-        """``sum_i |s_k^i|`` per image and unit (``[N, K]``), the paper's unit contribution."""
-        return self.attributions.abs().flatten(2).sum(-1)
+    def options(self) -> dict[str, object]:
+        """The canonical options (``riemann_left`` given is ``riemann-left``), as recorded."""
+        return {"rule": self.quadrature.rule, "steps": self.quadrature.steps}
 
-    @property
-    def total(self) -> torch.Tensor:
-        """``sum_k sum_i s_k^i`` per image (``[N]``)."""
-        return self.attributions.flatten(1).sum(-1)
-
-    @property
-    def delta(self) -> torch.Tensor:
-        """``f(A) - f(0)`` per image: what the attributions should sum to (completeness)."""
-        return self.f_input - self.f_baseline
+    def __call__(self, split: Split, images: torch.Tensor, *, values: ValuesFn, columns: Columns,
+                 batch_size: int = 64, progress: Progress | None = None) -> LayerAttribution:
+        return _integrate(split, images, self.quadrature, values=values, columns=columns,
+                          batch_size=batch_size, progress=progress)
 
 
 def integrated_gradients(split: Split, images: torch.Tensor, *, values: ValuesFn,
-                         columns: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-                         steps: int = 32, method: str = "gausslegendre", batch_size: int = 64,
-                         progress: Progress | None = None) -> LayerAttribution:
+                         columns: Columns, steps: int = 32, method: str = "gausslegendre",
+                         batch_size: int = 64, progress: Progress | None = None) -> LayerAttribution:
     """Layer IG (Eq. 6) of ``images`` (model-ready ``[N, C, H, W]``) through ``split``.
 
     The explained scalar of image ``n`` is ``values(logits)[:, columns[n]]``; ``columns`` may also
     be a function of the logits at ``A`` (``[N, ...] -> [N]``), e.g. "the most probable class".
     ``batch_size`` bounds both the images per head pass and the rows per tail pass.
     """
-    method = check_method(method)
-    steps = check_steps(steps)
+    return _integrate(split, images, Quadrature.of(method, steps), values=values, columns=columns,
+                      batch_size=batch_size, progress=progress)
+
+
+def _integrate(split: Split, images: torch.Tensor, quadrature: Quadrature, *, values: ValuesFn,
+               columns: Columns, batch_size: int, progress: Progress | None) -> LayerAttribution:
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     if images.dim() < 2 or images.shape[0] == 0:
         raise UsageError(f"expected a batch of images [N, C, H, W], got {tuple(images.shape)}")
-    alphas_list, weights_list = nodes_weights(method, steps)
+    steps = quadrature.steps
+    alphas_list, weights_list = list(quadrature.alphas), list(quadrature.weights)
     # Per image: the quadrature rows, then alpha = 1 (f(A)) and alpha = 0 (f(0)) with weight 0.
     alphas_list = [*alphas_list, 1.0, 0.0]
     weights_list = [*weights_list, 0.0, 0.0]
@@ -149,7 +141,7 @@ def integrated_gradients(split: Split, images: torch.Tensor, *, values: ValuesFn
         attributions=torch.cat(outputs["s"]), activations=torch.cat(outputs["a"]),
         f_input=torch.cat(outputs["fa"]), f_baseline=torch.cat(outputs["f0"]),
         logits=torch.cat(outputs["logits"]), columns=torch.cat(outputs["col"]),
-        path=split.path, split_reason=split.reason, method=method, steps=steps)
+        path=split.path, split_reason=split.reason, method=quadrature.rule, steps=steps)
 
 
 def layer_integrated_gradients(
@@ -164,8 +156,6 @@ def layer_integrated_gradients(
     :class:`~cxrsem.engine.split.Split` or a mode for :func:`~cxrsem.engine.split.split_at`
     (``auto``, ``fx`` or ``hook``).
     """
-    check_method(method)
-    check_steps(steps)
     if not isinstance(split, Split):
         split = split_at(model, layer, inputs[:1], mode=split)
     n = inputs.shape[0]

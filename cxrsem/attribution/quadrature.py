@@ -1,6 +1,7 @@
 """Quadrature rules for the path integral of Integrated Gradients (paper Eq. 6).
 
-``nodes_weights(method, steps)`` returns the points ``alpha_j`` in ``[0, 1]`` and weights ``w_j``
+``Quadrature.of(rule, steps)`` -- the one place a rule and a step count are checked -- holds the
+points ``alpha_j`` in ``[0, 1]`` and weights ``w_j``
 with ``int_0^1 g(alpha) d alpha ~= sum_j w_j g(alpha_j)``.  The rules are defined exactly as
 Captum's ``captum.attr._utils.approximation_methods`` (same floating-point values), so that the
 agreement test against ``captum.attr.IntegratedGradients`` is exact up to summation order:
@@ -15,19 +16,28 @@ agreement test against ``captum.attr.IntegratedGradients`` is exact up to summat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from cxrsem.errors import UsageError
 
-METHODS = ("gausslegendre", "riemann-trapezoid", "riemann-left", "riemann-right", "riemann-middle")
+RULES = ("gausslegendre", "riemann-trapezoid", "riemann-left", "riemann-right", "riemann-middle")
+METHODS = RULES  # the name before attribution methods were components (``--method`` was the rule)
+
+
+def rule_name(rule: str) -> str | None:
+    """The canonical rule name of ``rule`` (``riemann_left`` -> ``riemann-left``), None if unknown."""
+    name = str(rule).strip().lower().replace("_", "-")
+    return name if name in RULES else None
 
 
 def check_method(method: str) -> str:
-    """The canonical method name (``riemann_left`` is accepted for ``riemann-left``)."""
-    name = str(method).strip().lower().replace("_", "-")
-    if name not in METHODS:
-        raise UsageError(f"unknown integration method {method!r}; use one of {', '.join(METHODS)}")
+    """The canonical rule name (``riemann_left`` is accepted for ``riemann-left``)."""
+    name = rule_name(method)
+    if name is None:
+        raise UsageError(f"unknown integration method {method!r}; use one of {', '.join(RULES)}")
     return name
 
 
@@ -42,10 +52,29 @@ def captum_method(method: str) -> str:
     return check_method(method).replace("-", "_")
 
 
+@dataclass(frozen=True)
+class Quadrature:
+    """A checked rule: ``rule`` (canonical name), ``steps``, and its ``alphas`` and ``weights``."""
+
+    rule: str
+    steps: int
+    alphas: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    @classmethod
+    def of(cls, rule: str, steps: int) -> Quadrature:
+        rule, steps = check_method(rule), check_steps(steps)
+        alphas, weights = _nodes_weights(rule, steps)
+        return cls(rule, steps, tuple(alphas), tuple(weights))
+
+
 def nodes_weights(method: str, steps: int) -> tuple[list[float], list[float]]:
     """``(alphas, weights)`` of the rule, as Python floats (see the module docstring)."""
-    method = check_method(method)
-    n = check_steps(steps)
+    q = Quadrature.of(method, steps)
+    return list(q.alphas), list(q.weights)
+
+
+def _nodes_weights(method: str, n: int) -> tuple[list[float], list[float]]:
     if method == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(n)
         return (0.5 * (1 + x)).tolist(), (0.5 * w).tolist()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,67 @@ from cxrsem.config import load_config
 from cxrsem.errors import ConfigError
 from cxrsem.options import parse_assignments
 
+_CONFIG_KEY = "cxrsem.config"
+
+
+def _apply_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--config`` (eager, so it runs before every other option): the file's ``[COMMAND]`` table
+    becomes click's ``default_map``, so each option arrives in the command's own typed argument
+    with the precedence CLI > file > default, and the whole file stays available to the command
+    (``file_config``) for its component tables.
+
+    Keys are named like the command's options (``batch-size`` or ``batch_size``); unknown keys and
+    values of the wrong type are errors that name the key and the file.
+    """
+    config = load_config(value)
+    ctx.meta[_CONFIG_KEY] = config
+    command = ctx.command.name or ""
+    source_file = config.get("__path__", "")
+    by_name = {p.name: p for p in ctx.command.params if p.name not in ("config", "help")}
+    defaults: dict[str, Any] = {}
+    for key, raw in config.get(command, {}).items():
+        name = key.replace("-", "_")
+        param = by_name.get(name)
+        if param is None:
+            known = ", ".join(sorted(n.replace("_", "-") for n in by_name))
+            raise ConfigError(f"unknown key {key!r} in [{command}] of {source_file!r}; known: {known}")
+        try:
+            defaults[name] = param.process_value(ctx, raw)
+        except Exception as exc:  # typer's (vendored click) BadParameter, or a TypeError
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            raise ConfigError(f"bad value for {key!r} in [{command}] of {source_file!r}: {message}") from None
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 ConfigOption = typer.Option(
     None, "--config", help="TOML file whose [COMMAND] table gives defaults; CLI options win.",
-    dir_okay=False,
+    dir_okay=False, is_eager=True, callback=_apply_config,
 )
-DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-SeedOption = typer.Option(0, "--seed", help="Random seed.")
+
+
+def file_config(ctx: typer.Context) -> dict[str, Any]:
+    """The whole ``--config`` file (empty without one), for component and data-root tables."""
+    return ctx.meta.get(_CONFIG_KEY, {})
+
+
+def option_was_given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was set on the command line or in the config file."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT",)
+
+
+def library_default(target: Any, name: str) -> Any:
+    """The default of field/parameter ``name`` of a settings dataclass or a library function, so a
+    CLI option never re-declares what the library already decides."""
+    if dataclasses.is_dataclass(target):
+        found = {f.name: f for f in dataclasses.fields(target)}[name]
+        if found.default is not dataclasses.MISSING:
+            return found.default
+        return found.default_factory()  # type: ignore[misc]
+    return inspect.signature(target).parameters[name].default
+
+
 DataRootOption = typer.Option(
     None, "--data-root", metavar="NAME=PATH",
     help="Where dataset/concept set NAME lives (repeatable). Also \\[data_roots] or CXRSEM_DATA_<NAME>.",
@@ -26,36 +83,7 @@ ImageCacheOption = typer.Option(
     help="Where `cxrsem prepare` stored resized images (default $CXRSEM_CACHE_DIR, else "
          "~/.cache/cxrsem); 'off' decodes every image.",
 )
-BatchSizeOption = typer.Option(32, "--batch-size", min=1, help="Images per batch.")
 QuietOption = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars.")
-
-
-def resolve_params(ctx: typer.Context, command: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The command's parameters with config-file values filling what the user did not give.
-
-    Returns ``(params, config)``.  Keys of the file's ``[command]`` table are named like the
-    command's options (``batch-size`` or ``batch_size``); unknown keys and values of the wrong type
-    are errors that name the key and the file.
-    """
-    params = dict(ctx.params)
-    config = load_config(params.get("config"))
-    source_file = config.get("__path__", "")
-    by_name = {p.name: p for p in ctx.command.params if p.name not in ("config", "help")}
-    for key, value in config.get(command, {}).items():
-        name = key.replace("-", "_")
-        param = by_name.get(name)
-        if param is None:
-            known = ", ".join(sorted(n.replace("_", "-") for n in by_name))
-            raise ConfigError(f"unknown key {key!r} in [{command}] of {source_file!r}; known: {known}")
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name != "DEFAULT":
-            continue  # given on the command line: the CLI wins
-        try:
-            params[name] = param.process_value(ctx, value)
-        except Exception as exc:  # typer's (vendored click) BadParameter, or a TypeError
-            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-            raise ConfigError(f"bad value for {key!r} in [{command}] of {source_file!r}: {message}") from None
-    return params, config
 
 
 def data_roots(config: dict[str, Any], given: list[str] | None) -> dict[str, str]:
@@ -83,6 +111,3 @@ def concept_options(config: dict[str, Any], given: list[str] | None) -> dict[str
         options.setdefault(name, {})[option] = value
     return options
 
-
-def as_path(value: Any) -> Path | None:
-    return None if value is None else Path(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cxrsem.attribution import attribute as run_attribution
-from cxrsem.cli._options import BatchSizeOption, ConfigOption, DeviceOption, resolve_params
+from cxrsem.attribution.api import attribute as run_attribution
+from cxrsem.cli._options import ConfigOption, library_default
+from cxrsem.options import parse_assignments
 
 
 class _AttributionProgress:
@@ -33,29 +35,44 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+_DEFAULT = run_attribution  # option defaults come from the library function's signature
+
+
 def attribute(
-    ctx: typer.Context,
     images: list[Path] = typer.Argument(..., help="Image files or a folder."),
     model: str = typer.Option(..., "--model", help="Checkpoint."),
     layer: str = typer.Option(..., "--layer", help="Layer name or unambiguous suffix."),
     dissection: Path | None = typer.Option(None, "--dissection", help="Dissection folder or json."),
     target: str | None = typer.Option(None, "--target", help="Output name, index or 'score'."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Units to show."),
-    steps: int = typer.Option(32, "--steps", help="Integration points."),
-    method: str = typer.Option("gausslegendre", "--method", help="Quadrature rule."),
-    device: str = DeviceOption,
-    batch_size: int = BatchSizeOption,
+    top_k: int = typer.Option(library_default(_DEFAULT, "top_k"), "--top-k", min=1,
+                              help="Units to show."),
+    method: str = typer.Option(library_default(_DEFAULT, "method"), "--method",
+                               help="Attribution method (see `cxrsem plugins`)."),
+    rule: str | None = typer.Option(
+        None, "--rule", help="Quadrature rule of ig: gausslegendre (default), riemann-trapezoid, "
+        "riemann-left, riemann-right or riemann-middle."),
+    steps: int | None = typer.Option(None, "--steps", help="Integration points of ig (default 32)."),
+    method_opt: list[str] | None = typer.Option(
+        None, "--method-opt", metavar="NAME=VALUE", help="An option of the attribution method "
+        "(repeatable)."),
+    device: str = typer.Option(library_default(_DEFAULT, "device"), "--device",
+                               help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(library_default(_DEFAULT, "batch_size"), "--batch-size", min=1,
+                                   help="Images per batch."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Explain predictions by the units that drive them (Integrated Gradients at a layer, Sec. 2.3)."""
-    params, _ = resolve_params(ctx, "attribute")
+    """Explain predictions by the units that drive them (by default Integrated Gradients at a
+    layer, Sec. 2.3)."""
     err = Console(stderr=True)
-    run = run_attribution(
-        [Path(p) for p in params["images"]], params["model"], params["layer"],
-        dissection=params["dissection"], target=params["target"], top_k=params["top_k"],
-        steps=params["steps"], method=params["method"], device=params["device"],
-        batch_size=params["batch_size"], out=params["out"], progress=_AttributionProgress(err))
+    with warnings.catch_warnings():
+        # The library's DeprecationWarning (--method RULE) is for this user: show it, as one line.
+        warnings.simplefilter("always", DeprecationWarning)
+        run = run_attribution(
+            images, model, layer, dissection=dissection, target=target, top_k=top_k,
+            method=method, rule=rule, steps=steps,
+            method_options=parse_assignments(method_opt or [], "--method-opt"), device=device,
+            batch_size=batch_size, out=out, progress=_AttributionProgress(err))
 
     table = Table(title=f"semantic attribution at {run.layer} ({run.path} path)")
     for column in ("image", "prediction", "top unit", "concept", "share", "completeness gap"):
@@ -66,9 +83,10 @@ def attribute(
         top = data["top_k"][0]
         concept = top["concept"] if top["concept"] is not None else "-"
         gap = data["completeness"]
+        shown_gap = ("undefined" if gap["delta"] is None and gap["abs_gap"] is None else
+                     f"{_fmt(gap['abs_gap'], '.2e')} ({_fmt(gap['rel_gap'], '.1e')} rel.)")
         table.add_row(Path(result.image).name, f"{name} = {_fmt(data['prediction'].get(name), '.3f')}",
-                      str(top["unit"]), concept, f"{100 * top['share']:.1f}%",
-                      f"{_fmt(gap['abs_gap'], '.2e')} ({_fmt(gap['rel_gap'], '.1e')} rel.)")
+                      str(top["unit"]), concept, f"{100 * top['share']:.1f}%", shown_gap)
     for image, _reason in run.skipped:
         table.add_row(Path(image).name, "[yellow]skipped[/yellow]", "-", "-", "-", "-")
     console = Console()

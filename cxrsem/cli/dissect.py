@@ -9,72 +9,80 @@ from rich.console import Console
 from rich.table import Table
 
 from cxrsem.cli._options import (
-    BatchSizeOption,
     ConfigOption,
     DataRootOption,
-    DeviceOption,
     ImageCacheOption,
-    SeedOption,
     concept_options,
     data_roots,
-    resolve_params,
+    file_config,
+    library_default,
 )
 from cxrsem.cli._progress import PhaseProgress
 from cxrsem.dissection import DissectSettings, dissect
+from cxrsem.formats.dissection import is_detector
 from cxrsem.options import parse_assignments
+
+_D = DissectSettings  # option defaults come from the library, never re-declared here
 
 
 def dissect_command(
     ctx: typer.Context,
     model: list[str] = typer.Option(..., "--model", help="Checkpoint(s); a glob like RUN/epoch-*.pt."),
     layer: list[str] = typer.Option(..., "--layer", help="Layer name or unambiguous suffix (repeatable)."),
-    concepts: list[str] = typer.Option(["phantom"], "--concepts", help="Concept set(s) to dissect against."),
+    concepts: list[str] = typer.Option(list(library_default(dissect, "concepts")), "--concepts",
+                                       help="Concept set(s) to dissect against."),
     concept_opt: list[str] | None = typer.Option(None, "--concept-opt", metavar="SET.OPTION=VALUE",
                                                  help="Option of one concept set (repeatable)."),
     concept_map: list[str] | None = typer.Option(None, "--map-concept", metavar="SET/CONCEPT=NAME",
                                                  help="Merge a concept of one set into a shared name."),
     data_root: list[str] | None = DataRootOption,
     image_cache: str | None = ImageCacheOption,
-    quantile: float = typer.Option(0.005, "--quantile", help="Top fraction of activations: P(f_k > T_k)."),
-    quantile_sample: int = typer.Option(0, "--quantile-sample", help="First N images for T_k (0 = all)."),
-    iou_threshold: float = typer.Option(0.04, "--iou-threshold", help="A unit is a detector above this IoU."),
-    seg_size: int = typer.Option(112, "--seg-size", help="Annotation resolution the IoU is computed at."),
-    limit: int = typer.Option(0, "--limit", help="Use only the first N images (0 = all)."),
-    device: str = DeviceOption,
-    batch_size: int = BatchSizeOption,
-    seed: int = SeedOption,
+    quantile: float = typer.Option(library_default(_D, "quantile"), "--quantile",
+                                   help="Top fraction of activations: P(f_k > T_k)."),
+    quantile_sample: int = typer.Option(library_default(_D, "quantile_sample"), "--quantile-sample",
+                                        help="First N images for T_k (0 = all)."),
+    iou_threshold: float = typer.Option(library_default(_D, "iou_threshold"), "--iou-threshold",
+                                        help="A unit is a detector above this IoU."),
+    seg_size: int = typer.Option(library_default(_D, "seg_size"), "--seg-size",
+                                 help="Annotation resolution the IoU is computed at."),
+    limit: int = typer.Option(library_default(_D, "limit"), "--limit",
+                              help="Use only the first N images (0 = all)."),
+    device: str = typer.Option(library_default(dissect, "device"), "--device",
+                               help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(library_default(_D, "batch_size"), "--batch-size", min=1,
+                                   help="Images per batch."),
+    seed: int = typer.Option(library_default(dissect, "seed"), "--seed", help="Random seed."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute activations even if cached."),
-    cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 (exact) or float16."),
+    cache_dtype: str = typer.Option(library_default(_D, "cache_dtype"), "--cache-dtype",
+                                    help="float32 (exact) or float16."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the unit and summary PNGs."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Find which units of a layer detect which concepts (Network Dissection, paper Sec. 2.2)."""
-    params, file_config = resolve_params(ctx, "dissect")
+    from_file = file_config(ctx)
     settings = DissectSettings(
-        quantile=params["quantile"], quantile_sample=params["quantile_sample"],
-        iou_threshold=params["iou_threshold"], seg_size=params["seg_size"], limit=params["limit"],
-        batch_size=params["batch_size"], cache_dtype=params["cache_dtype"],
-        use_cache=not params["no_cache"])
-    with PhaseProgress(quiet=params["quiet"]) as progress:
+        quantile=quantile, quantile_sample=quantile_sample, iou_threshold=iou_threshold,
+        seg_size=seg_size, limit=limit, batch_size=batch_size, cache_dtype=cache_dtype,
+        use_cache=not no_cache)
+    with PhaseProgress(quiet=quiet) as progress:
         results = dissect(
-            params["model"], params["layer"], out=params["out"], concepts=params["concepts"],
-            concept_options=concept_options(file_config, params["concept_opt"]),
-            concept_map=parse_assignments(params["concept_map"] or [], "--map-concept"),
-            data_roots=data_roots(file_config, params["data_root"]), settings=settings,
-            device=params["device"], seed=params["seed"], figures=not params["no_figures"],
-            image_cache=params["image_cache"], progress=progress)
+            model, layer, out=out, concepts=concepts,
+            concept_options=concept_options(from_file, concept_opt),
+            concept_map=parse_assignments(concept_map or [], "--map-concept"),
+            data_roots=data_roots(from_file, data_root), settings=settings, device=device,
+            seed=seed, figures=not no_figures, image_cache=image_cache, progress=progress)
     console = Console()
     for result in results:
-        for layer in result.layers:
-            console.print(detector_table(result, layer, settings.iou_threshold))
-    console.print(f"results in {params['out']}", highlight=False)
+        for result_layer in result.layers:
+            console.print(detector_table(result, result_layer, settings.iou_threshold))
+    console.print(f"results in {out}", highlight=False)
 
 
 def detector_table(result, layer, iou_threshold: float) -> Table:
     best_index, best_iou = layer.best
-    detectors = best_iou > iou_threshold
+    detectors = is_detector(best_iou, iou_threshold)
     table = Table(title=f"{result.model_path} — {layer.layer}: {int(detectors.sum())} detectors "
                         f"of {len(best_iou)} units (IoU > {iou_threshold})")
     table.add_column("concept")

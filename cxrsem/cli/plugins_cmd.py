@@ -8,18 +8,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cxrsem.components import KINDS
 from cxrsem.plugins import describe_plugins
-
-_KIND_LABELS = {"dataset": "datasets", "concept_set": "concept sets", "loss": "losses",
-                "architecture": "architectures", "model_source": "model sources"}
 
 
 def plugins(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     details: bool = typer.Option(False, "--details", help="Also show every component's options."),
 ) -> None:
-    """List installed plugins and the datasets, concept sets, losses, architectures and model sources
-    they add."""
+    """List installed plugins and the datasets, concept sets, losses, architectures, model sources
+    and attribution methods they add."""
     described = describe_plugins(details=details)
     if as_json:
         typer.echo(json.dumps(described, indent=2, default=str))
@@ -30,7 +28,7 @@ def plugins(
         table.add_column(column)
     for entry in described:
         registers = "; ".join(
-            f"{_KIND_LABELS[kind]}: {', '.join(names)}" for kind, names in entry["components"].items()
+            f"{KINDS[kind].plural}: {', '.join(names)}" for kind, names in entry["components"].items()
         )
         if entry["error"]:
             registers = f"[red]failed: {entry['error']}[/red]" + (f" ({registers})" if registers else "")

@@ -12,10 +12,10 @@ from cxrsem.cli._options import (
     ConfigOption,
     DataRootOption,
     QuietOption,
-    SeedOption,
     component_options,
     data_roots,
-    resolve_params,
+    file_config,
+    library_default,
 )
 from cxrsem.cli._progress import PhaseProgress
 from cxrsem.prepare import prepare_images
@@ -24,34 +24,33 @@ from cxrsem.prepare import prepare_images
 def prepare_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Registered dataset or concept set (cxrsem plugins)."),
-    size: list[int] = typer.Option([224], "--size", help="Image size in pixels (repeatable); use the "
-                                   "--image-size you train / the checkpoint's input size."),
+    size: list[int] = typer.Option(list(library_default(prepare_images, "sizes")), "--size",
+                                   help="Image size in pixels (repeatable); use the --image-size "
+                                        "you train / the checkpoint's input size."),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", "--image-cache",
         help="Cache folder (default $CXRSEM_CACHE_DIR, else ~/.cache/cxrsem)."),
-    workers: int = typer.Option(0, "--workers", help="Decoding worker processes."),
+    workers: int = typer.Option(library_default(prepare_images, "workers"), "--workers",
+                                help="Decoding worker processes."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the cache is up to date."),
     dataset_opt: list[str] | None = typer.Option(None, "--dataset-opt", metavar="NAME=VALUE"),
     concept_opt: list[str] | None = typer.Option(None, "--concept-opt", metavar="NAME=VALUE"),
     data_root: list[str] | None = DataRootOption,
-    seed: int = SeedOption,
+    seed: int = typer.Option(library_default(prepare_images, "seed"), "--seed", help="Random seed."),
     quiet: bool = QuietOption,
     config: Path | None = ConfigOption,
 ) -> None:
     """Store a dataset's images decoded and resized (memory-mapped uint8); train, dissect and the
     Python API then read them instead of the original files."""
-    params, file_config = resolve_params(ctx, "prepare")
-    with PhaseProgress(quiet=params["quiet"]) as progress:
+    from_file = file_config(ctx)
+    with PhaseProgress(quiet=quiet) as progress:
         results = prepare_images(
-            params["name"], sizes=params["size"], seed=params["seed"],
-            data_roots=data_roots(file_config, params["data_root"]),
-            dataset_options=component_options(file_config, "dataset", params["dataset_opt"],
-                                              "--dataset-opt"),
-            concept_options=component_options(file_config.get("concepts", {}), params["name"],
-                                              params["concept_opt"], "--concept-opt"),
-            cache_dir=params["cache_dir"], workers=params["workers"], force=params["force"],
-            progress=progress)
-    table = Table(title=f"prepared images of {params['name']}")
+            name, sizes=size, seed=seed, data_roots=data_roots(from_file, data_root),
+            dataset_options=component_options(from_file, "dataset", dataset_opt, "--dataset-opt"),
+            concept_options=component_options(from_file.get("concepts", {}), name, concept_opt,
+                                              "--concept-opt"),
+            cache_dir=cache_dir, workers=workers, force=force, progress=progress)
+    table = Table(title=f"prepared images of {name}")
     for column in ("size", "images", "not decodable", "seconds", "images/s"):
         table.add_column(column, justify="right")
     for r in results:

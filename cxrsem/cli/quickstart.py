@@ -8,9 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cxrsem.cli._options import ConfigOption, DeviceOption, SeedOption, resolve_params
+from cxrsem.cli._options import ConfigOption, QuietOption, library_default
 from cxrsem.cli._progress import PhaseProgress, TrainingProgress
 from cxrsem.cli.dissect import detector_table
+from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD
 from cxrsem.quickstart import QuickstartSettings, run_quickstart
 
 
@@ -34,20 +35,22 @@ class _QuickstartProgress(TrainingProgress):
             super().__call__(event, **info)
 
 
+_D = QuickstartSettings  # option defaults come from the library's settings
+
+
 def quickstart(
-    ctx: typer.Context,
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Output folder."),
-    seed: int = SeedOption,
-    device: str = DeviceOption,
-    epochs: int = typer.Option(6, "--epochs", help="Training epochs of the small severity model."),
-    quiet: bool = typer.Option(False, "--quiet", help="Plain log lines instead of progress bars."),
+    out: Path = typer.Option(Path(library_default(_D, "out")), "--out", help="Output folder."),
+    seed: int = typer.Option(library_default(_D, "seed"), "--seed", help="Random seed."),
+    device: str = typer.Option(library_default(_D, "device"), "--device",
+                               help="auto, cpu, cuda or cuda:N."),
+    epochs: int = typer.Option(library_default(_D, "epochs"), "--epochs",
+                               help="Training epochs of the small severity model."),
+    quiet: bool = QuietOption,
     config: Path | None = ConfigOption,
 ) -> None:
     """Generate phantom radiographs and train a small model (the pipeline on built-in data)."""
-    params, _ = resolve_params(ctx, "quickstart")
-    settings = QuickstartSettings(out=str(params["out"]), seed=params["seed"], device=params["device"],
-                                  epochs=params["epochs"])
-    progress = _QuickstartProgress(quiet=params["quiet"])
+    settings = QuickstartSettings(out=str(out), seed=seed, device=device, epochs=epochs)
+    progress = _QuickstartProgress(quiet=quiet)
     try:
         result = run_quickstart(settings, progress=progress)
     finally:
@@ -59,7 +62,7 @@ def quickstart(
                   f"checkpoints in {result.training.run_dir}", highlight=False)
     for dissection in result.dissections:
         for layer in dissection.layers:
-            console.print(detector_table(dissection, layer, 0.04))
+            console.print(detector_table(dissection, layer, DEFAULT_IOU_THRESHOLD))
     table = Table(title="semantic attribution of the severity score (top unit per image)")
     for column in ("image", "predicted score", "top unit", "concept", "share"):
         table.add_column(column)

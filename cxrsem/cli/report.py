@@ -9,29 +9,29 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cxrsem.cli._options import ConfigOption, resolve_params
+from cxrsem.cli._options import ConfigOption, library_default
 from cxrsem.reporting import ReportResult, build_report, parse_labels
+
+_DEFAULT_OUT = Path(library_default(build_report, "out"))
 
 
 def report(
-    ctx: typer.Context,
     dissect_dirs: list[Path] = typer.Argument(..., help="Dissection output folders."),
     attributions: list[Path] | None = typer.Option(None, "--attributions", help="Attribution folders."),
     label: list[str] | None = typer.Option(None, "--label", metavar="DIR=NAME", help="Model labels."),
-    iou_threshold: float = typer.Option(0.04, "--iou-threshold", help="Detector IoU threshold."),
-    out: Path = typer.Option(Path("report.html"), "--out", help="Report file."),
-    format: str = typer.Option("html", "--format", help="html or md."),  # noqa: A002 (config key "format")
+    iou_threshold: float = typer.Option(library_default(build_report, "iou_threshold"),
+                                        "--iou-threshold", help="Detector IoU threshold."),
+    out: Path = typer.Option(_DEFAULT_OUT, "--out", help="Report file."),
+    format: str = typer.Option(library_default(build_report, "fmt"), "--format",  # noqa: A002
+                               help="html or md."),  # (named like its config key, "format")
     config: Path | None = ConfigOption,
 ) -> None:
     """Write the paper's figures (detectors per concept, evolution, units, attributions) as one report."""
-    params, _ = resolve_params(ctx, "report")
-    out = params["out"]
-    if params["format"] == "md" and out == Path("report.html"):  # the default name, for Markdown
+    if format == "md" and out == _DEFAULT_OUT:  # the default name, for Markdown
         out = Path("report.md")
-    result = build_report(
-        params["dissect_dirs"], attributions=params["attributions"] or (),
-        labels=parse_labels(params["label"] or []), iou_threshold=params["iou_threshold"],
-        out=out, fmt=params["format"])
+    result = build_report(dissect_dirs, attributions=attributions or (),
+                          labels=parse_labels(label or []), iou_threshold=iou_threshold, out=out,
+                          fmt=format)
     err = Console(stderr=True)
     for warning in result.warnings:
         # Text, not a markup string: warnings quote names from files ("[...]" is not rich markup).

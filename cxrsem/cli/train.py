@@ -8,37 +8,46 @@ import typer
 from rich.console import Console
 
 from cxrsem.cli._options import (
-    BatchSizeOption,
     ConfigOption,
     DataRootOption,
-    DeviceOption,
     ImageCacheOption,
     QuietOption,
-    SeedOption,
     component_options,
     data_roots,
-    resolve_params,
+    file_config,
+    library_default,
+    option_was_given,
 )
 from cxrsem.cli._progress import TrainingProgress
 from cxrsem.training import TrainConfig, resume, train
 
+_D = TrainConfig  # option defaults come from the library's TrainConfig, never re-declared here
+
 
 def train_command(
     ctx: typer.Context,
-    dataset: str = typer.Option("phantom", "--dataset", help="Registered dataset (cxrsem plugins)."),
-    loss: str = typer.Option("bce", "--loss",
+    dataset: str = typer.Option(library_default(_D, "dataset"), "--dataset",
+                                help="Registered dataset (cxrsem plugins)."),
+    loss: str = typer.Option(library_default(_D, "loss"), "--loss",
                              help="bce, weighted-bce, mse, weighted-mse, mae-scce, weak-bce, ..."),
-    arch: str = typer.Option("densenet121", "--arch", help="Registered architecture."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs to train."),
-    batch_size: int = BatchSizeOption,
-    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (no weight decay, as in the paper)."),
-    image_size: int = typer.Option(224, "--image-size", help="Input size in pixels."),
-    patience: int = typer.Option(5, "--patience", help="Early-stopping patience in epochs."),
-    seed: int = SeedOption,
-    device: str = DeviceOption,
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    save_every: int = typer.Option(1, "--save-every", help="Write epoch-NNN.pt every N epochs."),
-    init: str = typer.Option("random", "--init",
+    arch: str = typer.Option(library_default(_D, "arch"), "--arch", help="Registered architecture."),
+    epochs: int = typer.Option(library_default(_D, "epochs"), "--epochs", help="Epochs to train."),
+    batch_size: int = typer.Option(library_default(_D, "batch_size"), "--batch-size", min=1,
+                                   help="Images per batch."),
+    lr: float = typer.Option(library_default(_D, "lr"), "--lr",
+                             help="Adam learning rate (no weight decay, as in the paper)."),
+    image_size: int = typer.Option(library_default(_D, "image_size"), "--image-size",
+                                   help="Input size in pixels."),
+    patience: int = typer.Option(library_default(_D, "patience"), "--patience",
+                                 help="Early-stopping patience in epochs."),
+    seed: int = typer.Option(library_default(_D, "seed"), "--seed", help="Random seed."),
+    device: str = typer.Option(library_default(_D, "device"), "--device",
+                               help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(library_default(_D, "workers"), "--workers",
+                                help="DataLoader worker processes."),
+    save_every: int = typer.Option(library_default(_D, "save_every"), "--save-every",
+                                   help="Write epoch-NNN.pt every N epochs."),
+    init: str = typer.Option(library_default(_D, "init"), "--init",
                              help="random, imagenet, or a cxrsem checkpoint to start from."),
     weights: Path | None = typer.Option(None, "--weights",
                                         help="Local ImageNet weight file for --init imagenet."),
@@ -54,25 +63,23 @@ def train_command(
     config: Path | None = ConfigOption,
 ) -> None:
     """Train a model; writes epoch-NNN.pt (epoch-000 = initial), best.pt, last.pt, metrics.jsonl."""
-    params, file_config = resolve_params(ctx, "train")
-    progress = TrainingProgress(quiet=params["quiet"])
-    if params["resume_dir"] is not None:
-        explicit_epochs = params["epochs"] if ctx.get_parameter_source("epochs").name != "DEFAULT" else None
-        result = resume(params["resume_dir"], epochs=explicit_epochs, progress=progress)
+    progress = TrainingProgress(quiet=quiet)
+    if resume_dir is not None:
+        result = resume(resume_dir, epochs=epochs if option_was_given(ctx, "epochs") else None,
+                        progress=progress)
     else:
-        if params["out"] is None:
+        if out is None:
             raise typer.BadParameter("--out RUN_DIR is required (or --resume RUN_DIR)", param_hint="--out")
+        from_file = file_config(ctx)
         train_config = TrainConfig(
-            out=str(params["out"]), dataset=params["dataset"], loss=params["loss"], arch=params["arch"],
-            epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
-            image_size=params["image_size"], patience=params["patience"], seed=params["seed"],
-            device=params["device"], workers=params["workers"], save_every=params["save_every"],
-            init=params["init"], weights=str(params["weights"]) if params["weights"] else None,
-            dataset_options=component_options(file_config, "dataset", params["dataset_opt"], "--dataset-opt"),
-            loss_options=component_options(file_config, "loss", params["loss_opt"], "--loss-opt"),
-            arch_options=component_options(file_config, "arch", params["arch_opt"], "--arch-opt"),
-            data_roots=data_roots(file_config, params["data_root"]),
-            image_cache=params["image_cache"],
+            out=str(out), dataset=dataset, loss=loss, arch=arch, epochs=epochs,
+            batch_size=batch_size, lr=lr, image_size=image_size, patience=patience, seed=seed,
+            device=device, workers=workers, save_every=save_every, init=init,
+            weights=str(weights) if weights else None,
+            dataset_options=component_options(from_file, "dataset", dataset_opt, "--dataset-opt"),
+            loss_options=component_options(from_file, "loss", loss_opt, "--loss-opt"),
+            arch_options=component_options(from_file, "arch", arch_opt, "--arch-opt"),
+            data_roots=data_roots(from_file, data_root), image_cache=image_cache,
         )
         result = train(train_config, progress=progress)
     name, value = result.best_metric

@@ -360,10 +360,6 @@ class _Images(Dataset):
         """The image files, in item order."""
         return [Path(f) for f in self.files]
 
-    def _note(self, message: str | None) -> None:
-        if message:
-            self.problems.append(message)
-
     def _index(self, index: int) -> int:
         n = len(self)
         if index < 0:

@@ -210,7 +210,6 @@ def register_concept_sets(register) -> None:
         name="covid-seg",
         factory=make_covid_seg,
         needs_root=True,
-        annotation="mask",
         description="COVID-19 chest X-ray segmentations (the paper's Covid-CXR): 100 images, "
                     "13 concepts",
         options=(

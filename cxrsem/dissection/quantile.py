@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cxrsem.errors import UsageError
-
+from cxrsem.statistics import StatisticMismatch, check_kind, require_compatible
 
 # Recorded in dissection.json (settings.quantile_on): what T_k is the quantile of, and by which rule.
 QUANTILE_RULE = ("raw activations of the unit over all its spatial positions and images "
@@ -39,23 +39,63 @@ def quantile_index(n: int, quantile: float) -> int:
 
 
 class StreamingTopQuantile:
-    """Per-unit exact threshold over ``n`` values per unit, fed in batches of ``[K, m]``."""
+    """Per-unit exact threshold over ``n`` values per unit, fed in batches of ``[K, m]``.
+
+    A :class:`~cxrsem.statistics.StreamingStatistic`: to split the data, give every part the full
+    ``n`` (so ``index`` and ``keep`` are those of the whole) and merge; ``seen`` adds up.  The
+    ``keep`` largest values of the whole are the ``keep`` largest of the parts' kept values, so the
+    merged thresholds equal one pass's bit for bit.
+    """
+
+    KIND = "streaming-top-quantile"
 
     def __init__(self, units: int, n: int, quantile: float, device: torch.device | str = "cpu") -> None:
         if n < 1:
             raise UsageError("no activation values to take a quantile of")
         self.n = n
+        self.quantile = float(quantile)
         self.index = quantile_index(n, quantile)
         self.keep = n - self.index  # the threshold is the smallest of the `keep` largest values
         self.top = torch.empty(units, 0, device=device)
         self.seen = 0
 
     def update(self, values: torch.Tensor) -> None:
-        merged = torch.cat([self.top, values.to(self.top.dtype)], dim=1)
         self.seen += values.shape[1]
+        self._add(values)
+
+    def _add(self, values: torch.Tensor) -> None:
+        merged = torch.cat([self.top, values.to(self.top.dtype)], dim=1)
         if merged.shape[1] > self.keep:
             merged = torch.topk(merged, self.keep, dim=1, largest=True, sorted=False).values
         self.top = merged
+
+    def merge(self, other: StreamingTopQuantile) -> StreamingTopQuantile:
+        require_compatible(self.KIND, self._identity(), other._identity())
+        if self.seen + other.seen > self.n:
+            raise StatisticMismatch(f"cannot merge {self.KIND} statistics: {self.seen} + "
+                                    f"{other.seen} values per unit exceed n = {self.n}")
+        self.seen += other.seen
+        self._add(other.top.to(self.top.device))
+        return self
+
+    def _identity(self) -> dict:
+        return {"units": self.top.shape[0], "n": self.n, "index": self.index, "keep": self.keep}
+
+    def state_dict(self) -> dict:
+        return {"kind": self.KIND, "n": self.n, "quantile": self.quantile, "index": self.index,
+                "keep": self.keep, "seen": self.seen, "top": self.top}
+
+    @classmethod
+    def from_state_dict(cls, state) -> StreamingTopQuantile:
+        check_kind(cls.KIND, state)
+        top = state["top"]
+        stream = cls(top.shape[0], int(state["n"]), float(state["quantile"]), device=top.device)
+        require_compatible(cls.KIND, stream._identity(),
+                           {"units": top.shape[0], "n": int(state["n"]),
+                            "index": int(state["index"]), "keep": int(state["keep"])})
+        stream.top = top.clone()
+        stream.seen = int(state["seen"])
+        return stream
 
     def thresholds(self) -> np.ndarray:
         """Float64 ``[K]``; each is one of the unit's own activation values."""

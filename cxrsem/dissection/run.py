@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,17 @@ from cxrsem.checkpoint import build_model, load_model, source_prefix, state_dict
 from cxrsem.dissection.cache import DissectionCache, cache_key
 from cxrsem.dissection.concepts import ConceptSource, build_concept_source
 from cxrsem.dissection.quantile import StreamingTopQuantile
-from cxrsem.dissection.tally import IoUTally, update_tally
+from cxrsem.dissection.tally import IoUTally
+from cxrsem.dissection.topimages import TOP_IMAGES, TopImages
 from cxrsem.engine.device import resolve_device
-from cxrsem.engine.layers import capture, resolve_layers
-from cxrsem.engine.preprocess import normalize
+from cxrsem.engine.layers import resolve_layers
+from cxrsem.engine.preprocess import InputSpec
+from cxrsem.engine.runner import run_model
 from cxrsem.errors import UsageError
 from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
 from cxrsem.outputs import ensure_output_dir
 
 Progress = Callable[..., None]
-TOP_IMAGES = 4  # top-activating images kept per unit for the Fig. 3 gallery
 
 
 @dataclass
@@ -95,7 +97,6 @@ class ModelDissection:
     layers: list[LayerDissection] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cache_reused: bool = False
-    path: str = "forward"
 
 
 def expand_models(patterns: Sequence[str | Path]) -> list[Path]:
@@ -113,7 +114,7 @@ def expand_models(patterns: Sequence[str | Path]) -> list[Path]:
 
 def _forward_into_cache(model: torch.nn.Module, layers: list[str], source: ConceptSource,
                         cache: DissectionCache, settings: DissectSettings, device: torch.device,
-                        normalization: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+                        spec: InputSpec, progress: Progress) -> dict[str, Any]:
     """Pass 1: one forward pass per image, every layer captured into the cache with the masks."""
     cache.reset()
     count = len(source)
@@ -121,21 +122,20 @@ def _forward_into_cache(model: torch.nn.Module, layers: list[str], source: Conce
     masks_store = cache.mask_store((len(source.concepts), settings.seg_size, settings.seg_size))
     activation_min = {layer: float("inf") for layer in layers}
     progress("phase", name="forward", total=count)
+    batches = (source.batch(list(range(start, min(start + settings.batch_size, count))))
+               for start in range(0, count, settings.batch_size))
     try:
-        with torch.no_grad(), capture(model, layers) as captured:
-            for start in range(0, count, settings.batch_size):
-                indices = list(range(start, min(start + settings.batch_size, count)))
-                batch = source.batch(indices)
-                model(normalize(batch["image"].to(device), normalization))
+        with closing(run_model(model, spec, batches, device=device, layers=layers)) as passes:
+            for step in passes:
                 for layer in layers:
-                    output = captured[layer].float()
+                    output = step.activations[layer].float()
                     if layer not in stores:
                         stores[layer] = cache.layer_store(layer, tuple(output.shape[1:]),
                                                           settings.cache_dtype)
                     stores[layer].append(output.cpu().numpy())
                     activation_min[layer] = min(activation_min[layer], float(output.min()))
-                masks_store.append(batch["masks"].numpy())
-                progress("advance", amount=len(indices))
+                masks_store.append(step.batch["masks"].numpy())
+                progress("advance", amount=step.inputs.shape[0])
     finally:
         for store in stores.values():
             store.close()
@@ -163,23 +163,17 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
     units = store.record_shape[0]
     tally = IoUTally.zeros(units, concepts, device=device)
     thresholds_t = torch.from_numpy(thresholds).to(device)
-    top_values = torch.full((units, 0), -float("inf"), device=device)
-    top_images = torch.zeros((units, 0), dtype=torch.int64, device=device)
+    top = TopImages(units, TOP_IMAGES, device=device)
     mask_batches = masks_store.batches(settings.batch_size, count)
     for (start, records), (_, packed) in zip(store.batches(settings.batch_size, count),
                                              mask_batches, strict=True):
         activations = torch.from_numpy(records.astype(np.float32)).to(device)
         labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
-        update_tally(tally, activations, thresholds_t, labels)
-        maxima = activations.amax(dim=(2, 3)).T                      # [K, B]
-        ids = torch.arange(start, start + activations.shape[0], device=device)
-        merged_values = torch.cat([top_values, maxima], dim=1)
-        merged_images = torch.cat([top_images, ids.expand(units, -1)], dim=1)
-        keep = min(TOP_IMAGES, merged_values.shape[1])
-        top_values, order = torch.topk(merged_values, keep, dim=1)
-        top_images = torch.gather(merged_images, 1, order)
+        tally.update(activations, thresholds_t, labels)
+        top.update(activations.amax(dim=(2, 3)),
+                   torch.arange(start, start + activations.shape[0], device=device))
         progress("advance", amount=activations.shape[0])
-    return tally, top_images.cpu().numpy(), top_values.cpu().numpy()
+    return tally, top.images.cpu().numpy(), top.values.cpu().numpy()
 
 
 def dissect_model(model_path: Path, layer_names: Sequence[str],
@@ -188,9 +182,9 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
                   progress: Progress) -> ModelDissection:
     checkpoint = load_model(str(model_path))
     model = build_model(checkpoint, source=model_path).to(device)
-    image_size = int(checkpoint["input"]["size"])
-    channels = int(checkpoint["input"].get("channels", 1))
-    layers = resolve_layers(model, layer_names, image_size, channels)
+    spec = InputSpec.from_checkpoint(checkpoint)
+    image_size = spec.size
+    layers = resolve_layers(model, layer_names, image_size, spec.channels)
     source = source_factory(image_size)
     sha = state_dict_sha256(checkpoint["state_dict"])
 
@@ -198,7 +192,10 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
                    "concept_sets": source.set_names(), "image_size": image_size,
                    "seg_size": settings.seg_size, "limit": settings.limit, "count": len(source),
                    "dtype": settings.cache_dtype, "source_options": source.options,
-                   "seed": source.seed, "prepared_images": source.prepared_images()}
+                   "seed": source.seed, "prepared_images": source.prepared_images(),
+                   # The same weights fed another way give other activations.
+                   "input": {"channels": spec.channels,
+                             "normalization": {k: list(v) for k, v in spec.normalization.items()}}}
     cache = DissectionCache(cache_root, cache_key(description), description)
     started = time.perf_counter()
     reused = settings.use_cache and cache.is_complete()
@@ -206,8 +203,7 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
         info = cache.meta()
         progress("note", message=f"reusing the activation cache {cache.dir}")
     else:
-        info = _forward_into_cache(model, layers, source, cache, settings, device,
-                                   checkpoint["input"].get("normalization"), progress)
+        info = _forward_into_cache(model, layers, source, cache, settings, device, spec, progress)
     result = ModelDissection(model_path, sha, checkpoint, source, cache, info["dtype"],
                              cache_reused=reused)
     result.timings["forward_and_cache"] = time.perf_counter() - started

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrsem.statistics import StatisticMismatch, check_kind, require_compatible
 
 # What unit_masks applies, recorded verbatim in every dissection.json (settings.interpolation and
 # settings.mask_rule), so the record cannot drift from the code.
@@ -42,7 +43,10 @@ def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, in
 @dataclass
 class IoUTally:
     """Running sums for one layer: ``intersection[k, c]``, ``unit_area[k, c]`` (|M_k| on images
-    containing c), ``label_area[c]`` (|L_c|) and ``images_with[c]``."""
+    containing c), ``label_area[c]`` (|L_c|) and ``images_with[c]``.
+
+    A :class:`~cxrsem.statistics.StreamingStatistic`: ``update(activations, thresholds, labels)``,
+    ``merge``, ``state_dict``/``from_state_dict``."""
 
     intersection: torch.Tensor
     unit_area: torch.Tensor
@@ -55,6 +59,46 @@ class IoUTally:
     def zeros(cls, units: int, concepts: int, device: torch.device | str = "cpu") -> IoUTally:
         z = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=device)  # noqa: E731
         return cls(z(units, concepts), z(units, concepts), z(concepts), z(concepts))
+
+    KIND = "iou-tally"
+    _COUNTS = ("intersection", "unit_area", "label_area", "images_with")
+
+    def update(self, activations: torch.Tensor, thresholds: torch.Tensor,
+               labels: torch.Tensor) -> None:
+        """Add one batch (see :func:`update_tally`)."""
+        update_tally(self, activations, thresholds, labels)
+
+    def merge(self, other: IoUTally) -> IoUTally:
+        """Add another part's sums (a :class:`~cxrsem.statistics.StreamingStatistic`): every field
+        is an integer sum, so any split merges to exactly one pass's tally.  Both parts must use
+        the same thresholds; that is the caller's contract (they come from one merged quantile)."""
+        require_compatible(self.KIND, self._identity(), other._identity())
+        for name in self._COUNTS:
+            getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
+        self.upsampled_pairs += other.upsampled_pairs
+        self.total_pairs += other.total_pairs
+        return self
+
+    def _identity(self) -> dict:
+        return {"units": self.intersection.shape[0], "concepts": self.intersection.shape[1]}
+
+    def state_dict(self) -> dict:
+        return {"kind": self.KIND, **{name: getattr(self, name) for name in self._COUNTS},
+                "upsampled_pairs": self.upsampled_pairs, "total_pairs": self.total_pairs}
+
+    @classmethod
+    def from_state_dict(cls, state) -> IoUTally:
+        check_kind(cls.KIND, state)
+        counts = [state[name].clone() for name in cls._COUNTS]
+        units, concepts = counts[0].shape
+        for name, tensor, shape in zip(cls._COUNTS, counts, [(units, concepts), (units, concepts),
+                                                                (concepts,), (concepts,)],
+                                       strict=True):
+            if tuple(tensor.shape) != shape or tensor.dtype != torch.int64:
+                raise StatisticMismatch(f"{cls.KIND} state: {name} is {tensor.dtype} "
+                                        f"{tuple(tensor.shape)}, expected int64 {shape}")
+        return cls(*counts, upsampled_pairs=int(state["upsampled_pairs"]),
+                   total_pairs=int(state["total_pairs"]))
 
     def iou(self) -> np.ndarray:
         """IoU_kc as float64 ``[K, C]``; 0 where the union is empty (a concept never present)."""

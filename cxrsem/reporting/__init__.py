@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrsem.errors import DataError, UsageError
+from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD
 from cxrsem.outputs import write_text
 from cxrsem.reporting.aggregate import (
     THRESHOLDS,
@@ -80,7 +81,7 @@ class ReportResult:
 
 
 def build_report(dissect_dirs: Sequence[str | Path], attributions: Sequence[str | Path] = (),
-                 labels: Mapping[str, str] | None = None, iou_threshold: float = 0.04,
+                 labels: Mapping[str, str] | None = None, iou_threshold: float = DEFAULT_IOU_THRESHOLD,
                  out: str | Path = "report.html", fmt: str = "html") -> ReportResult:
     """Write the report of the dissections under ``dissect_dirs`` (the ``cxrsem dissect --out``
     folder, a model folder, a layer folder or a ``dissection.json``) and the attributions in the

@@ -3,8 +3,8 @@ over epochs (Fig. 4), counts against the IoU threshold, the unit gallery's choic
 which concept drives attributions (Fig. 5).
 
 Counts are recomputed from every unit's best IoU: unit ``k`` is a detector of its best concept
-``c`` when ``IoU_{k,c} > t`` (paper Sec. 2.2, Eq. 5, ``t = 0.04``), so any threshold can be
-shown without dissecting again.
+``c`` when ``IoU_{k,c} > t`` (paper Sec. 2.2, Eq. 5; :func:`cxrsem.formats.dissection.is_detector`,
+default ``t = 0.04``), so any threshold can be shown without dissecting again.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cxrsem.formats.dissection import UNLABELLED
+from cxrsem.formats.dissection import is_detector as _is_detector
 from cxrsem.reporting.collect import (
-    UNLABELLED,
     AttributionSet,
     Dissection,
     Unit,
@@ -28,7 +29,8 @@ TABLE_THRESHOLDS = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10)
 
 
 def is_detector(unit: Unit, threshold: float) -> bool:
-    return unit.concept is not None and unit.iou > threshold
+    """:func:`cxrsem.formats.dissection.is_detector` for a unit with a best concept."""
+    return unit.concept is not None and _is_detector(unit.iou, threshold)
 
 
 def detector_counts(units: Iterable[Unit], threshold: float,

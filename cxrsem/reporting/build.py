@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cxrsem.formats.dissection import UNLABELLED
 from cxrsem.reporting import figures
 from cxrsem.reporting.aggregate import (
     THRESHOLDS,
@@ -28,7 +29,7 @@ from cxrsem.reporting.aggregate import (
     top_concepts,
     top_contributor_table,
 )
-from cxrsem.reporting.collect import UNLABELLED, AttributionSet, Collected, Dissection
+from cxrsem.reporting.collect import AttributionSet, Collected, Dissection
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UNITS_PER_CONCEPT = 3

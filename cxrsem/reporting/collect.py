@@ -17,40 +17,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DISSECTION_SCHEMA = "cxrsem-dissection/1"
-ATTRIBUTION_SCHEMA = "cxrsem-attribution/1"
-UNLABELLED = "unlabelled"
+from cxrsem.formats import dissection as dissection_format
+from cxrsem.formats.attribution import Attribution, parse_attribution
+from cxrsem.formats.dissection import UnitLabel
+
 _EPOCH_STEM = re.compile(r"epoch[-_]?(\d+)$")
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One unit of a dissected layer: its best concept and that concept's dataset-wide IoU (Eq. 5)."""
-
-    unit: int
-    concept: str | None
-    iou: float
+Unit = UnitLabel  # one unit of a dissected layer: best concept and its dataset-wide IoU (Eq. 5)
 
 
 @dataclass
 class Dissection:
-    """One ``dissection.json`` (one model, one layer) as the report uses it."""
+    """One ``dissection.json`` (one model, one layer) as the report uses it: the format's reading
+    of the file (:class:`cxrsem.formats.dissection.Dissection`) plus where it was found and the
+    names the report gives it."""
 
-    json_path: Path
+    result: dissection_format.Dissection = field(repr=False)
     source: Path  # the DISSECT_DIR it was found under
-    data: dict[str, Any] = field(repr=False)
-    layer: str
-    model_path: str
-    sha256: str | None
-    train: dict[str, Any]
-    epoch: int | None
-    settings: dict[str, Any]
-    concepts: list[str]
-    concept_images: dict[str, int]
-    units: list[Unit] = field(repr=False)
     name: str = ""
     base_name: str = ""
     label: str | None = None
+
+    # read-only views of the parsed file
+    json_path = property(lambda self: self.result.path)
+    data = property(lambda self: self.result.data)
+    model_path = property(lambda self: self.result.model_path)
+    sha256 = property(lambda self: self.result.sha256)
+    train = property(lambda self: self.result.train)
+    settings = property(lambda self: self.result.settings)
+    concepts = property(lambda self: self.result.concepts)
+    concept_images = property(lambda self: self.result.concept_images)
+    units = property(lambda self: self.result.units)
+
+    @property
+    def layer(self) -> str:
+        return self.result.layer or self.folder.name
+
+    @property
+    def epoch(self) -> int | None:
+        return _epoch_of(self.train, self.model_path)
 
     @property
     def folder(self) -> Path:
@@ -66,7 +72,7 @@ class Dissection:
 
     @property
     def num_units(self) -> int:
-        return int(self.data.get("num_units") or len(self.units))
+        return self.result.num_units or len(self.units)
 
     def unit_figure(self, unit: int) -> Path | None:
         path = self.folder / "units" / f"unit-{unit:04d}.png"
@@ -78,31 +84,6 @@ class Dissection:
     def run_config(self) -> dict[str, Any]:
         """The training run's resolved ``config.toml`` next to the checkpoint, when it is there."""
         return _read_toml_quietly(Path(self.model_path).parent / "config.toml") if self.model_path else {}
-
-
-@dataclass
-class Attribution:
-    """One ``<stem>.json`` of ``cxrsem attribute``."""
-
-    json_path: Path
-    data: dict[str, Any] = field(repr=False)
-    image: str
-    sha256: str | None
-    layer: str | None
-    target: str
-    prediction: float | None
-    top_k: list[dict[str, Any]]
-    units: list[float] | None = field(repr=False)
-    rel_gap: float | None
-
-    @property
-    def stem(self) -> str:
-        return self.json_path.stem
-
-    def figure(self) -> Path | None:
-        name = self.data.get("figure") or f"{self.stem}.png"
-        path = self.json_path.parent / Path(str(name)).name
-        return path if path.is_file() else None
 
 
 @dataclass
@@ -183,46 +164,6 @@ def find_files(root: Path, name: str) -> list[Path]:
     return sorted(found)
 
 
-def parse_dissection(path: Path, data: Mapping[str, Any], source: Path) -> Dissection:
-    """A :class:`Dissection` from a ``dissection.json`` document; ``ValueError`` names what is wrong."""
-    schema = data.get("schema")
-    if not isinstance(schema, str) or not schema.startswith("cxrsem-dissection/"):
-        raise ValueError(f"not a cxrsem dissection result (schema {schema!r}, expected {DISSECTION_SCHEMA})")
-    if schema != DISSECTION_SCHEMA:
-        raise ValueError(f"schema {schema!r} is not supported by this cxrsem (expected {DISSECTION_SCHEMA})")
-    rows = data.get("units")
-    if not isinstance(rows, list):
-        raise ValueError("it has no 'units' list")
-    units = []
-    for index, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise ValueError(f"units[{index}] is not an object")
-        unit = row.get("unit", index)
-        if isinstance(unit, bool) or not isinstance(unit, int):
-            raise ValueError(f"units[{index}].unit is not an integer")
-        concept = row.get("concept")
-        iou = _number(row.get("iou"))
-        units.append(Unit(unit, None if concept is None else str(concept), 0.0 if iou is None else iou))
-    model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
-    train = model.get("train") if isinstance(model.get("train"), Mapping) else {}
-    settings = data.get("settings") if isinstance(data.get("settings"), Mapping) else {}
-    concept_images: dict[str, int] = {}
-    for row in data.get("concepts") or []:
-        if isinstance(row, Mapping) and row.get("name") is not None:
-            images = row.get("images")
-            concept_images[str(row["name"])] = int(images) if isinstance(images, int) else 0
-    concepts = list(concept_images)
-    for unit in units:  # concepts named by units but not listed (hand-made or older files)
-        if unit.concept is not None and unit.concept not in concept_images:
-            concepts.append(unit.concept)
-    model_path = str(model.get("path") or "")
-    return Dissection(
-        json_path=path, source=source, data=dict(data), layer=str(data.get("layer") or path.parent.name),
-        model_path=model_path, sha256=model.get("sha256"), train=dict(train),
-        epoch=_epoch_of(train, model_path), settings=dict(settings), concepts=concepts,
-        concept_images=concept_images, units=units)
-
-
 def load_dissections(dirs: Sequence[str | Path], warnings: list[str]) -> list[Dissection]:
     """Every readable ``dissection.json`` under the given folders (or given as files), once each."""
     loaded: list[Dissection] = []
@@ -246,7 +187,7 @@ def load_dissections(dirs: Sequence[str | Path], warnings: list[str]) -> list[Di
             if data is None:
                 continue
             try:
-                loaded.append(parse_dissection(path, data, root))
+                loaded.append(Dissection(dissection_format.parse_dissection(data, path), root))
             except ValueError as exc:
                 warnings.append(f"{path}: {exc}; skipped")
     return loaded
@@ -352,28 +293,6 @@ def sort_dissections(dissections: list[Dissection]) -> list[Dissection]:
         order.setdefault(str(d.source), len(order))
     return sorted(dissections, key=lambda d: (order[str(d.source)], d.run_dir, d.layer,
                                               -1 if d.epoch is None else d.epoch, d.model_stem))
-
-
-def parse_attribution(path: Path, data: Mapping[str, Any]) -> Attribution:
-    schema = data.get("schema")
-    if schema != ATTRIBUTION_SCHEMA:
-        raise ValueError(f"schema {schema!r}, expected {ATTRIBUTION_SCHEMA}")
-    top_k = [dict(row) for row in data.get("top_k") or [] if isinstance(row, Mapping)
-             and isinstance(row.get("unit"), int)]
-    if not top_k:
-        raise ValueError("it has no top_k units")
-    model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
-    target = data.get("target") if isinstance(data.get("target"), Mapping) else {}
-    name = str(target.get("name")) if target.get("name") is not None else "?"
-    prediction = data.get("prediction") if isinstance(data.get("prediction"), Mapping) else {}
-    units = data.get("units")
-    units = [float(v) if _number(v) is not None else 0.0 for v in units] if isinstance(units, list) else None
-    completeness = data.get("completeness") if isinstance(data.get("completeness"), Mapping) else {}
-    return Attribution(
-        json_path=path, data=dict(data), image=str(data.get("image") or path.stem),
-        sha256=model.get("sha256"), layer=data.get("layer"), target=name,
-        prediction=_number(prediction.get(name)), top_k=top_k, units=units,
-        rel_gap=_number(completeness.get("rel_gap")))
 
 
 def load_attributions(dirs: Sequence[str | Path], dissections: Sequence[Dissection],

@@ -5,9 +5,10 @@ Each ``check_*`` function builds or takes one component and verifies the promise
 :class:`AssertionError` naming the component and what is wrong (not ``assert`` statements, so the
 checks also hold under ``python -O``)::
 
-    from cxrsem.testing.contracts import check_architecture, check_loss
+    from cxrsem.testing.contracts import check_architecture, check_attribution_method, check_loss
     check_architecture("resnet50")
     check_loss("focal", "multilabel")
+    check_attribution_method("ig", steps=4)
 
 cxrsem's test suite runs them over every registered component, built-in and installed
 (``tests/test_contracts.py``).
@@ -20,13 +21,13 @@ from typing import Any
 
 import torch
 
-from cxrsem.api import create_architecture, create_loss
+from cxrsem.api import create_architecture, create_attribution_method, create_loss
 from cxrsem.engine.layers import feature_map_layers
 from cxrsem.plugins import get_dataset
 from cxrsem.tasks import ZONE_CLASSES, head_size
 
 __all__ = ["check_training_dataset", "check_concept_set", "check_architecture", "check_loss",
-           "example_targets"]
+           "check_attribution_method", "example_targets"]
 
 
 def _expect(condition: Any, component: str, message: str) -> None:
@@ -164,3 +165,73 @@ def check_loss(loss_name: str, task: str, **options: Any) -> float:
     _expect(torch.allclose(masked, value.detach(), rtol=1e-5, atol=1e-7), name,
             "an all-known target_mask changes the loss")
     return float(value.detach())
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+def check_attribution_method(method_name: str, *, image_size: int = 32, outputs: int = 3,
+                             **options: Any) -> Any:
+    """The attribution-method contract (:mod:`cxrsem.attribution.methods`) on a seeded
+    ``densenet-mini`` in float64 at ``denseblock4``: maps ``s`` of shape ``[N, K, h, w]``, finite;
+    optional fields of the documented shapes (``f(A)``/``f(0)`` both or neither); the same
+    result with one image per pass as with all at once (rows are independent); tensor columns
+    and a function of the logits both accepted; the model left unchanged (weights, eval mode, no
+    hooks).  Returns the result for all images."""
+    from cxrsem.attribution.methods import LayerAttribution
+    from cxrsem.attribution.targets import default_columns, values_function
+    from cxrsem.engine.layers import resolve_layers
+    from cxrsem.engine.split import split_at
+
+    name = f"attribution method {method_name!r}"
+    method = create_attribution_method(method_name, **options)
+    _expect(callable(method), name, f"factory returned {type(method).__name__}, not a callable")
+    torch.manual_seed(0)
+    model = create_architecture("densenet-mini", num_outputs=outputs, in_channels=1).eval()
+    layer = resolve_layers(model, ["denseblock4"], image_size, 1)[0]
+    model.double()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 1, image_size, image_size, generator=g, dtype=torch.float64)
+    split = split_at(model, layer, images[:1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = _hooks(model)
+    values = values_function("multilabel", outputs)
+    n = images.shape[0]
+    result = method(split, images, values=values, columns=default_columns("multilabel"),
+                    batch_size=n)
+    _expect(isinstance(result, LayerAttribution), name,
+            f"returned {type(result).__name__}, not a LayerAttribution")
+    s = result.attributions
+    expected = (n, *split.activation_shape)
+    _expect(isinstance(s, torch.Tensor) and tuple(s.shape) == expected, name,
+            f"attributions have shape {tuple(getattr(s, 'shape', ()))}, expected {expected}")
+    _expect(bool(torch.isfinite(s).all()), name, "attributions hold NaN or inf")
+    _expect((result.f_input is None) == (result.f_baseline is None), name,
+            "gives one of f_input and f_baseline without the other")
+    for field_name, shape in (("f_input", (n,)), ("f_baseline", (n,)), ("columns", (n,)),
+                              ("logits", (n, outputs))):
+        value = getattr(result, field_name)
+        _expect(value is None or (isinstance(value, torch.Tensor) and tuple(value.shape) == shape
+                                  and bool(torch.isfinite(value.double()).all())), name,
+                f"{field_name} must be None or a finite tensor {shape}")
+    if result.columns is not None:
+        with torch.no_grad():
+            cols = default_columns("multilabel")(model(images))
+        _expect(torch.equal(result.columns.long().cpu(), cols.cpu()), name,
+                "explains other columns than the function of the logits gave")
+    columns = torch.arange(n) % outputs
+    fixed = method(split, images, values=values, columns=columns, batch_size=n)
+    small = method(split, images, values=values, columns=columns, batch_size=1)
+    alone = torch.cat([method(split, images[i:i + 1], values=values, columns=columns[i:i + 1],
+                              batch_size=1).attributions for i in range(n)])
+    for other in (small.attributions, alone):
+        _expect(torch.allclose(other, fixed.attributions, rtol=1e-7, atol=1e-10), name,
+                "depends on batch_size or on the other images of the batch (images must be "
+                "explained independently)")
+    after = model.state_dict()
+    _expect(all(torch.equal(before[k], after[k]) for k in before), name, "changed the model's weights")
+    _expect(not model.training and _hooks(model) == hooks, name,
+            "left the model in training mode or with hooks")
+    return result

@@ -19,15 +19,14 @@ from typing import Any
 
 import torch
 
-from cxrsem.api import create_architecture, create_dataset, create_loss
+from cxrsem.api import build_architecture, build_dataset, build_loss, resolve_component
 from cxrsem.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from cxrsem.engine.data import make_loader, to_device
 from cxrsem.engine.device import autocast, resolve_device
-from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, normalize
+from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, InputSpec
+from cxrsem.engine.runner import run_model
 from cxrsem.errors import ConfigError, DataError, TrainingError, UsageError
-from cxrsem.options import resolve_options
 from cxrsem.outputs import ensure_output_dir, toml_ready, write_config, write_manifest, write_text
-from cxrsem.plugins import get_architecture, get_dataset, get_loss
 from cxrsem.tasks import head_size
 from cxrsem.training.init import initialise
 from cxrsem.training.metrics import compute_metrics, primary_metric
@@ -144,17 +143,15 @@ class _Run:
     # -- set-up -----------------------------------------------------------------------------
     def build(self) -> None:
         c = self.config
-        dataset_info, loss_info = get_dataset(c.dataset), get_loss(c.loss)
-        arch_info = get_architecture(c.arch)
         # Resolve component options now so a typo fails before any data is read.
-        c.dataset_options = resolve_options(dataset_info, "dataset", c.dataset_options)
-        c.loss_options = resolve_options(loss_info, "loss", c.loss_options)
-        c.arch_options = resolve_options(arch_info, "architecture", c.arch_options)
+        dataset_info, c.dataset_options = resolve_component("dataset", c.dataset, c.dataset_options)
+        loss_info, c.loss_options = resolve_component("loss", c.loss, c.loss_options)
+        arch_info, c.arch_options = resolve_component("architecture", c.arch, c.arch_options)
 
         common = {"image_size": c.image_size, "seed": c.seed, "data_roots": c.data_roots,
                   "cache_dir": c.image_cache}
-        self.train_set = create_dataset(c.dataset, split="train", **common, **c.dataset_options)
-        self.val_set = create_dataset(c.dataset, split="val", **common, **c.dataset_options)
+        self.train_set = build_dataset(dataset_info, c.dataset_options, split="train", **common)
+        self.val_set = build_dataset(dataset_info, c.dataset_options, split="val", **common)
         for split, ds in (("train", self.train_set), ("val", self.val_set)):
             if len(ds) == 0:
                 raise DataError(f"dataset {c.dataset} yields zero {split} samples")
@@ -165,12 +162,15 @@ class _Run:
 
         train_targets = _all_targets(self.train_set, self.task)
         self.train_target_mean = train_targets.float().mean(0)
-        self.loss_fn = create_loss(c.loss, train_targets=train_targets, **c.loss_options)
+        self.loss_fn = build_loss(loss_info, c.loss_options, train_targets=train_targets)
 
+        # What the model sees, recorded in every checkpoint: grey images, default normalisation.
+        self.input_spec = InputSpec(size=c.image_size, channels=1,
+                                    normalization=dict(DEFAULT_NORMALIZATION))
         torch.manual_seed(c.seed)
-        self.model = create_architecture(
-            c.arch, num_outputs=head_size(self.task, len(self.output_names)), in_channels=1,
-            **c.arch_options)
+        self.model = build_architecture(
+            arch_info, c.arch_options, num_outputs=head_size(self.task, len(self.output_names)),
+            in_channels=self.input_spec.channels)
         for message in initialise(self.model, arch_info, c.init, c.weights):
             self.note(message)
         self.model.to(self.device)
@@ -199,7 +199,8 @@ class _Run:
         c = self.config
         return make_checkpoint(
             self.model, arch=c.arch, arch_kwargs=c.arch_options, task_kind=self.task,
-            outputs=self.output_names, image_size=c.image_size, normalization=DEFAULT_NORMALIZATION,
+            outputs=self.output_names, image_size=self.input_spec.size,
+            normalization=self.input_spec.normalization, channels=self.input_spec.channels,
             train={"dataset": c.dataset, "loss": c.loss, "init": c.init, "epoch": self.epoch,
                    "metrics": metrics, "config": toml_ready(c.as_toml())})
 
@@ -253,7 +254,7 @@ class _Run:
                       batches=len(self.train_loader))
         for index, batch in enumerate(self.train_loader):
             batch = to_device(batch, self.device, non_blocking=True)
-            images = normalize(batch["image"])
+            images = self.input_spec.prepare(batch["image"], device=self.device)
             if self.device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = batch["targets"][self.task]
@@ -280,10 +281,10 @@ class _Run:
     def validate(self) -> dict[str, Any]:
         self.model.eval()
         logits, targets, masks = [], [], []
-        for batch in self.val_loader:
-            batch = to_device(batch, self.device)
-            with autocast(self.device):
-                logits.append(self.model(normalize(batch["image"])).float().cpu())
+        for step in run_model(self.model, self.input_spec, self.val_loader, device=self.device,
+                              amp=True):
+            batch = step.batch
+            logits.append(step.outputs.float().cpu())
             targets.append(batch["targets"][self.task].cpu())
             if "target_masks" in batch and self.task in batch["target_masks"]:
                 masks.append(batch["target_masks"][self.task].cpu())

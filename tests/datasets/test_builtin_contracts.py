@@ -26,8 +26,6 @@ def test_registered_by_name_without_errors():
         assert info.needs_root == (name != "weak")
         assert info.tasks and info.description
     assert registry.get("dataset", "brixia").tasks == ("zones", "global-score", "binary")
-    assert registry.get("concept_set", "nih-bbox").annotation == "bbox"
-    assert registry.get("concept_set", "covid-seg").annotation == "mask"
     for name in CONCEPT_SETS:
         assert registry.get("concept_set", name).option("limit").default == 0
 

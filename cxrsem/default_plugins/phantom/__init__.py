@@ -99,7 +99,6 @@ def register_concept_sets(register) -> None:
         name="phantom",
         factory=create_concept_set,
         options=shared,
-        annotation="mask",
         description="phantom chest X-rays with exact segmentation masks of 13 concepts "
                     "(lungs, cardiomediastinum, 8 findings, 2 devices), like Covid-CXR",
     ))
@@ -107,7 +106,6 @@ def register_concept_sets(register) -> None:
         name="phantom-bbox",
         factory=create_bbox_concept_set,
         options=shared,
-        annotation="bbox",
         description="phantom chest X-rays with one bounding box per lesion for the 8 "
                     "pathologies, like NIH ChestX-ray8",
     ))

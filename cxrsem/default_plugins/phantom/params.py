@@ -169,11 +169,6 @@ def lung_depth(a: Mapping, s: int, u: float, v: float) -> float:
     )
 
 
-def inside_lung(a: Mapping, s: int, u: float, v: float, margin: float) -> bool:
-    """Whether (u, v) lies inside side ``s``'s lung, at least about ``margin`` from its border."""
-    return lung_depth(a, s, u, v) > margin
-
-
 # --- anatomy -----------------------------------------------------------------------------------
 
 

@@ -40,7 +40,6 @@ def register_concept_sets(register) -> None:
         name="mask-folder",
         factory=create_mask_folder,
         needs_root=True,
-        annotation="mask",
         description="ROOT/images/<stem>.png with binary masks ROOT/masks/<concept>/<stem>.png",
     ))
 

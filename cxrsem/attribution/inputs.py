@@ -1,0 +1,109 @@
+"""The images of an attribution run: files and folders (or a tensor), read batch after batch.
+
+Images become grey ``[B, 1, S, S]`` in [0, 1] at the model's size here; the model's own input
+preparation (channels, normalisation) is :meth:`cxrsem.engine.preprocess.InputSpec.prepare`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrsem.errors import CxrsemError, DataError, UsageError
+from cxrsem.imageio import is_dicom, read_image, to_tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif",
+                  ".webp", ".pgm", ".ppm")
+
+
+def collect_images(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Path], bool]:
+    """Image files from files and folders (a folder: its image files, sorted, not recursive).
+
+    Returns ``(paths, batch)``; ``batch`` is False for exactly one file given as a file -- then an
+    unreadable image is an error instead of a skipped entry.
+    """
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    if not items:
+        raise UsageError("no input images given")
+    paths: list[Path] = []
+    batch = len(items) > 1
+    for item in items:
+        item = Path(item)
+        if item.is_dir():
+            batch = True
+            found = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and (p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p)))
+            if not found:
+                raise DataError(f"no images (PNG, JPEG, DICOM, ...) in folder {item}")
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"image not found: {item}")
+    return paths, batch
+
+
+@dataclass
+class Inputs:
+    """The images of the run: files (``paths``) or a tensor, and whether it is a batch run (an
+    unreadable image is then skipped, not an error)."""
+
+    paths: list[Path]
+    tensor: torch.Tensor | None
+    batch_mode: bool
+    preloaded: dict[int, np.ndarray]
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0] if self.tensor is not None else len(self.paths)
+
+
+def find_inputs(images: str | Path | Sequence[str | Path] | torch.Tensor) -> Inputs:
+    if isinstance(images, torch.Tensor):
+        return Inputs([], images, images.shape[0] > 1, {})
+    paths, batch_mode = collect_images(images)
+    preloaded = {} if batch_mode else {0: read_image(paths[0])}  # one unreadable image: an error
+    return Inputs(paths, None, batch_mode, preloaded)
+
+
+def batches(inputs: Inputs, size: int, batch_size: int, skip: Callable[[str, str], None]
+             ) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """``(names, images [B, 1, S, S] in [0, 1])`` batch after batch; unreadable files of a batch
+    run go to ``skip(path, reason)``."""
+    for start in range(0, len(inputs), batch_size):
+        names: list[str] = []
+        pictures: list[torch.Tensor] = []
+        for i in range(start, min(start + batch_size, len(inputs))):
+            if inputs.tensor is not None:
+                names.append(f"image-{i:03d}")
+                pictures.append(to_tensor(inputs.tensor[i].detach().to(torch.float32).cpu(), size))
+                continue
+            path = inputs.paths[i]
+            try:
+                array = inputs.preloaded.pop(i) if i in inputs.preloaded else read_image(path)
+                pictures.append(to_tensor(array, size))
+                names.append(str(path))
+            except CxrsemError as exc:
+                if not inputs.batch_mode:
+                    raise
+                skip(str(path), str(exc))
+        if pictures:
+            yield names, torch.stack(pictures)
+
+
+def unique_stems(tensor_input: bool) -> Callable[[str], str]:
+    used: set[str] = set()
+
+    def stem(name: str) -> str:
+        base = name if tensor_input else Path(name).stem
+        unique, n = base, 1
+        while unique in used:
+            n += 1
+            unique = f"{base}-{n}"
+        used.add(unique)
+        return unique
+
+    return stem
