@@ -6,35 +6,16 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-import cxrsem
-from cxrsem.checkpoint import make_checkpoint, save_checkpoint, state_dict_sha256
-from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION
-from cxrsem.testing import run_cli
+from cxrsem.testing import attribution_assets, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    model = cxrsem.create_architecture("densenet-mini", num_outputs=2, in_channels=1)
-    checkpoint = make_checkpoint(model, arch="densenet-mini", arch_kwargs={},
-                                 task_kind="multilabel", outputs=["effusion", "edema"],
-                                 image_size=64, normalization=DEFAULT_NORMALIZATION)
-    save_checkpoint(root / "model.pt", checkpoint)
-    rng = np.random.default_rng(0)
-    images = root / "images"
-    images.mkdir()
-    for i in range(2):
-        Image.fromarray((rng.random((70, 60)) * 255).astype(np.uint8)).save(images / f"cxr{i}.png")
-    return {"root": root, "ckpt": str(root / "model.pt"), "images": images,
-            "sha": state_dict_sha256(checkpoint["state_dict"])}
+    return attribution_assets(tmp_path_factory.mktemp("cli"), picture_shape=(70, 60))
 
 
 def _base(assets, out, *images):

@@ -10,16 +10,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import cxrsem
 from cxrsem.attribution import integrated_gradients
 from cxrsem.attribution.methods import LayerAttribution, unit_scores
-from cxrsem.checkpoint import make_checkpoint, save_checkpoint, state_dict_sha256
 from cxrsem.components import AttributionMethodInfo, Option
-from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION
 from cxrsem.hookspecs import hookimpl
-from cxrsem.testing import run_cli
+from cxrsem.testing import attribution_assets, run_cli
 from cxrsem.testing.contracts import check_attribution_method
 from tests.report_fixtures import dissection_doc, write_dissection
 
@@ -49,20 +46,7 @@ class ActTimesOne:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("methods")
-    torch.manual_seed(0)
-    model = cxrsem.create_architecture("densenet-mini", num_outputs=2, in_channels=1)
-    checkpoint = make_checkpoint(model, arch="densenet-mini", arch_kwargs={},
-                                 task_kind="multilabel", outputs=["effusion", "edema"],
-                                 image_size=64, normalization=DEFAULT_NORMALIZATION)
-    save_checkpoint(root / "model.pt", checkpoint)
-    rng = np.random.default_rng(0)
-    images = root / "images"
-    images.mkdir()
-    for i in range(2):
-        Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(images / f"cxr{i}.png")
-    return {"root": root, "ckpt": str(root / "model.pt"), "images": images, "model": model.eval(),
-            "sha": state_dict_sha256(checkpoint["state_dict"])}
+    return attribution_assets(tmp_path_factory.mktemp("methods"), picture_shape=(64, 64))
 
 
 def _args(assets, out, *extra):

@@ -33,6 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from cxrsem.errors import UsageError
+from cxrsem.outputs import write_json, write_text
+
 SCHEMA = "cxrsem-dissection/1"
 SCHEMA_PREFIX = "cxrsem-dissection/"
 SCHEMAS_READ = (SCHEMA,)
@@ -141,16 +144,12 @@ def csv_text(rows: list[list[Any]]) -> str:
 
 def write_tables(folder: Path, record: Mapping[str, Any]) -> None:
     """``units.csv`` and ``detectors.csv`` of ``record`` into ``folder``."""
-    from cxrsem.outputs import write_text
-
     write_text(folder / "units.csv", csv_text(unit_rows(record)))
     write_text(folder / "detectors.csv", csv_text(detector_rows(record)))
 
 
 def write_record(folder: Path, record: Mapping[str, Any]) -> Path:
     """``dissection.json``; write it last: its presence means the folder is complete."""
-    from cxrsem.outputs import write_json
-
     return write_json(folder / "dissection.json", record)
 
 
@@ -277,8 +276,6 @@ def parse_dissection(data: Any, path: str | Path) -> Dissection:
 def _read_for_labels(path: Path) -> Dissection:
     """:func:`parse_dissection` of the file ``path``, with the fields naming units needs;
     :class:`~cxrsem.errors.UsageError` otherwise."""
-    from cxrsem.errors import UsageError
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -309,8 +306,6 @@ def load_dissection(path: str | Path, *, layer: str, sha256: str, num_units: int
     another unit count, is a :class:`~cxrsem.errors.UsageError`: its labels would name the wrong
     units.
     """
-    from cxrsem.errors import UsageError
-
     path = Path(path)
     if path.is_dir():
         found = sorted(path.rglob("dissection.json"))
@@ -336,8 +331,6 @@ def load_dissection(path: str | Path, *, layer: str, sha256: str, num_units: int
 
 def _check(result: Dissection, layer: str, sha256: str, num_units: int,
            model_name: str) -> Dissection:
-    from cxrsem.errors import UsageError
-
     if result.sha256 != sha256:
         raise UsageError(f"dissection {result.path} was computed for another model (weights sha256 "
                          f"{result.sha256[:12]}, {model_name} has {sha256[:12]}); dissect this "

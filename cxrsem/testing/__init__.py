@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -145,6 +146,30 @@ def tiny_checkpoint(path: str | Path, model: nn.Module | None = None, *, arch: s
                                  image_size=image_size,
                                  normalization=normalization or {"mean": [0.0], "std": [1.0]})
     return save_checkpoint(path, checkpoint)
+
+
+def attribution_assets(root: str | Path, *, picture_shape: tuple[int, int] = (64, 64),
+                       images: int = 2, seed: int = 0) -> dict:
+    """A seeded two-output multilabel ``densenet-mini`` checkpoint (64 px, default normalisation)
+    and ``images`` random grey PNGs ``cxrN.png`` of ``picture_shape`` in ``root/images``:
+    ``{"root", "ckpt", "images", "model", "sha"}``."""
+    from PIL import Image
+
+    from cxrsem.checkpoint import state_dict_sha256
+    from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION
+
+    root = Path(root)
+    model = mini_densenet(seed, outputs=2)
+    ckpt = tiny_checkpoint(root / "model.pt", model, arch="densenet-mini", image_size=64,
+                           outputs=["effusion", "edema"], normalization=DEFAULT_NORMALIZATION)
+    folder = root / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(images):
+        pixels = (rng.random(picture_shape) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"cxr{i}.png")
+    return {"root": root, "ckpt": str(ckpt), "images": folder, "model": model,
+            "sha": state_dict_sha256(model.state_dict())}
 
 
 @dataclass(frozen=True)
