@@ -97,6 +97,18 @@ def test_a_plugin_method_runs_through_attribute_and_report(assets, tmp_path, cap
     assert code == 0, stderr
     page = (tmp_path / "r.html").read_text()
     assert "cxr0.png" in page and "cxr1.png" in page and "Nodule" in page
+    assert "method act-times-one (scale=2.0)" in page  # the report says which method explained
+
+
+def test_the_report_names_the_method_of_each_record():
+    from cxrsem.formats.attribution import describe_method
+
+    assert describe_method({"attribution_method": "ig", "method": "gausslegendre", "steps": 8,
+                            "method_options": {"rule": "gausslegendre", "steps": 8}}) == (
+        "ig (gausslegendre, 8 steps)")
+    # A record written before methods were components: its "method" was IG's rule.
+    assert describe_method({"method": "riemann-left", "steps": 32}) == "ig (riemann-left, 32 steps)"
+    assert describe_method({"attribution_method": "grad", "method_options": {}}) == "grad"
 
 
 def test_method_gausslegendre_is_deprecated_and_means_ig(assets, tmp_path, capsys):

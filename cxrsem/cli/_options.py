@@ -74,6 +74,25 @@ def library_default(target: Any, name: str) -> Any:
     return inspect.signature(target).parameters[name].default
 
 
+def library_option(target: Any, name: str, help: str, *, flag: str | None = None,  # noqa: A002
+                   **kwargs: Any) -> Any:
+    """``--name`` (or ``flag``) whose default is the library's (:func:`library_default`)."""
+    return typer.Option(library_default(target, name), flag or "--" + name.replace("_", "-"),
+                        help=help, **kwargs)
+
+
+def seed_option(target: Any) -> Any:
+    return library_option(target, "seed", "Random seed.")
+
+
+def device_option(target: Any) -> Any:
+    return library_option(target, "device", "auto, cpu, cuda or cuda:N.")
+
+
+def batch_size_option(target: Any) -> Any:
+    return library_option(target, "batch_size", "Images per batch.", min=1)
+
+
 DataRootOption = typer.Option(
     None, "--data-root", metavar="NAME=PATH",
     help="Where dataset/concept set NAME lives (repeatable). Also \\[data_roots] or CXRSEM_DATA_<NAME>.",

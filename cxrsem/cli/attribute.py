@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cxrsem.attribution.api import attribute as run_attribution
-from cxrsem.cli._options import ConfigOption, library_default
+from cxrsem.cli._options import ConfigOption, batch_size_option, device_option, library_option
 from cxrsem.options import parse_assignments
 
 
@@ -44,10 +44,8 @@ def attribute(
     layer: str = typer.Option(..., "--layer", help="Layer name or unambiguous suffix."),
     dissection: Path | None = typer.Option(None, "--dissection", help="Dissection folder or json."),
     target: str | None = typer.Option(None, "--target", help="Output name, index or 'score'."),
-    top_k: int = typer.Option(library_default(_DEFAULT, "top_k"), "--top-k", min=1,
-                              help="Units to show."),
-    method: str = typer.Option(library_default(_DEFAULT, "method"), "--method",
-                               help="Attribution method (see `cxrsem plugins`)."),
+    top_k: int = library_option(_DEFAULT, "top_k", "Units to show.", min=1),
+    method: str = library_option(_DEFAULT, "method", "Attribution method (see `cxrsem plugins`)."),
     rule: str | None = typer.Option(
         None, "--rule", help="Quadrature rule of ig: gausslegendre (default), riemann-trapezoid, "
         "riemann-left, riemann-right or riemann-middle."),
@@ -55,10 +53,8 @@ def attribute(
     method_opt: list[str] | None = typer.Option(
         None, "--method-opt", metavar="NAME=VALUE", help="An option of the attribution method "
         "(repeatable)."),
-    device: str = typer.Option(library_default(_DEFAULT, "device"), "--device",
-                               help="auto, cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(library_default(_DEFAULT, "batch_size"), "--batch-size", min=1,
-                                   help="Images per batch."),
+    device: str = device_option(_DEFAULT),
+    batch_size: int = batch_size_option(_DEFAULT),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     config: Path | None = ConfigOption,
 ) -> None:

@@ -16,6 +16,8 @@ from cxrsem.cli._options import (
     data_roots,
     file_config,
     library_default,
+    library_option,
+    seed_option,
 )
 from cxrsem.cli._progress import PhaseProgress
 from cxrsem.prepare import prepare_images
@@ -30,13 +32,12 @@ def prepare_command(
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", "--image-cache",
         help="Cache folder (default $CXRSEM_CACHE_DIR, else ~/.cache/cxrsem)."),
-    workers: int = typer.Option(library_default(prepare_images, "workers"), "--workers",
-                                help="Decoding worker processes."),
+    workers: int = library_option(prepare_images, "workers", "Decoding worker processes."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the cache is up to date."),
     dataset_opt: list[str] | None = typer.Option(None, "--dataset-opt", metavar="NAME=VALUE"),
     concept_opt: list[str] | None = typer.Option(None, "--concept-opt", metavar="NAME=VALUE"),
     data_root: list[str] | None = DataRootOption,
-    seed: int = typer.Option(library_default(prepare_images, "seed"), "--seed", help="Random seed."),
+    seed: int = seed_option(prepare_images),
     quiet: bool = QuietOption,
     config: Path | None = ConfigOption,
 ) -> None:

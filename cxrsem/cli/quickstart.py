@@ -8,7 +8,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cxrsem.cli._options import ConfigOption, QuietOption, library_default
+from cxrsem.cli._options import (
+    ConfigOption,
+    QuietOption,
+    device_option,
+    library_default,
+    library_option,
+    seed_option,
+)
 from cxrsem.cli._progress import PhaseProgress, TrainingProgress
 from cxrsem.cli.dissect import detector_table
 from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD
@@ -40,11 +47,9 @@ _D = QuickstartSettings  # option defaults come from the library's settings
 
 def quickstart(
     out: Path = typer.Option(Path(library_default(_D, "out")), "--out", help="Output folder."),
-    seed: int = typer.Option(library_default(_D, "seed"), "--seed", help="Random seed."),
-    device: str = typer.Option(library_default(_D, "device"), "--device",
-                               help="auto, cpu, cuda or cuda:N."),
-    epochs: int = typer.Option(library_default(_D, "epochs"), "--epochs",
-                               help="Training epochs of the small severity model."),
+    seed: int = seed_option(_D),
+    device: str = device_option(_D),
+    epochs: int = library_option(_D, "epochs", "Training epochs of the small severity model."),
     quiet: bool = QuietOption,
     config: Path | None = ConfigOption,
 ) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cxrsem.cli._options import ConfigOption, library_default
+from cxrsem.cli._options import ConfigOption, library_default, library_option
 from cxrsem.reporting import ReportResult, build_report, parse_labels
 
 _DEFAULT_OUT = Path(library_default(build_report, "out"))
@@ -19,8 +19,7 @@ def report(
     dissect_dirs: list[Path] = typer.Argument(..., help="Dissection output folders."),
     attributions: list[Path] | None = typer.Option(None, "--attributions", help="Attribution folders."),
     label: list[str] | None = typer.Option(None, "--label", metavar="DIR=NAME", help="Model labels."),
-    iou_threshold: float = typer.Option(library_default(build_report, "iou_threshold"),
-                                        "--iou-threshold", help="Detector IoU threshold."),
+    iou_threshold: float = library_option(build_report, "iou_threshold", "Detector IoU threshold."),
     out: Path = typer.Option(_DEFAULT_OUT, "--out", help="Report file."),
     format: str = typer.Option(library_default(build_report, "fmt"), "--format",  # noqa: A002
                                help="html or md."),  # (named like its config key, "format")

@@ -205,6 +205,7 @@ class Attribution:
     top_k: list[dict[str, Any]]
     units: list[float] | None = field(repr=False)
     rel_gap: float | None
+    method: str = "ig"  # the attribution method and its settings, e.g. "ig (gausslegendre, 32 steps)"
 
     @property
     def stem(self) -> str:
@@ -236,4 +237,19 @@ def parse_attribution(path: Path, data: Mapping[str, Any]) -> Attribution:
         json_path=path, data=dict(data), image=str(data.get("image") or path.stem),
         sha256=model.get("sha256"), layer=data.get("layer"), target=name,
         prediction=_number(prediction.get(name)), top_k=top_k, units=units,
-        rel_gap=_number(completeness.get("rel_gap")))
+        rel_gap=_number(completeness.get("rel_gap")), method=describe_method(data))
+
+
+def describe_method(data: Mapping[str, Any]) -> str:
+    """``"ig (gausslegendre, 32 steps)"``, ``"act-times-one (scale=2.0)"``: the method of a record.
+    Records written before attribution methods were components name only IG's rule (``method``)."""
+    name = data.get("attribution_method")
+    if name is None:
+        name, options = "ig", {"rule": data.get("method"), "steps": data.get("steps")}
+    else:
+        options = data.get("method_options") if isinstance(data.get("method_options"), Mapping) else {}
+    details = [str(options["rule"])] if options.get("rule") is not None else []
+    if options.get("steps") is not None:
+        details.append(f"{options['steps']} steps")
+    details += [f"{k}={v}" for k, v in options.items() if k not in ("rule", "steps")]
+    return f"{name} ({', '.join(details)})" if details else str(name)

@@ -85,6 +85,7 @@ class AttributionView:
     folder: Path
     model_path: str
     layer: str | None
+    method: str  # the attribution method and its settings
     naming: str  # how units are named
     named: bool
     images: list[AttributedImage]
@@ -299,7 +300,7 @@ def _attribution_view(s: AttributionSet, threshold: float, title: str) -> Attrib
                                       units, png, path if png is not None else None))
     named = s.dissection is not None or s.own_labels
     return AttributionView(title=title, folder=s.folder, model_path=s.model_path, layer=s.layer,
-                           naming=naming, named=named, images=images, total=len(s.items),
+                           method=s.method, naming=naming, named=named, images=images, total=len(s.items),
                            table=top_contributor_table(s, threshold) if named else [])
 
 

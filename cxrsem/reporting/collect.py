@@ -95,6 +95,7 @@ class AttributionSet:
     layer: str | None
     sha256: str | None
     items: list[Attribution]
+    method: str = "ig"  # the attribution method and its settings (formats.attribution.describe_method)
     dissection: Dissection | None = None
     own_labels: bool = False  # the JSON names its units with a dissection the report was not given
 
@@ -322,11 +323,12 @@ def load_attributions(dirs: Sequence[str | Path], dissections: Sequence[Dissecti
                 warnings.append(f"{path}: {exc}; skipped")
                 bad += 1
                 continue
-            key = (path.parent, item.sha256, item.layer)
+            key = (path.parent, item.sha256, item.layer, item.method)
             if key not in groups:
                 model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
                 groups[key] = AttributionSet(folder=path.parent, model_path=str(model.get("path") or "?"),
-                                             layer=item.layer, sha256=item.sha256, items=[])
+                                             layer=item.layer, sha256=item.sha256, items=[],
+                                             method=item.method)
             groups[key].items.append(item)
         if not groups:
             if not bad:

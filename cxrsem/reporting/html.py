@@ -181,7 +181,7 @@ def _section_gallery(data: ReportData) -> str:
 def _attribution_view(view: AttributionView, colors: dict[str, str]) -> str:
     parts = [f"<h3>{e(view.title)}</h3>",
              f"<p class=\"meta\">{e(view.total)} image(s) in {e(view.folder)}; model {e(view.model_path)}, "
-             f"layer {e(view.layer)}; {e(view.naming)}.</p>"]
+             f"layer {e(view.layer)}; method {e(view.method)}; {e(view.naming)}.</p>"]
     if view.table:
         n = view.total
         rows = [[r.concept, (f"{r.top_unit_images} ({100 * r.top_unit_images / n:.0f}%)", r.top_unit_images),

@@ -112,7 +112,7 @@ def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> 
         lines += ["No attributions were given.", ""]
     for j, view in enumerate(data.attributions):
         lines += [f"### {md(view.title)}", "", f"{view.total} image(s) in {md(view.folder)}; "
-                  f"{md(view.naming)}.", ""]
+                  f"method {md(view.method)}; {md(view.naming)}.", ""]
         if view.table:
             rows = [[r.concept, r.top_unit_images, r.top_concept_images if r.mean_share is not None else "–",
                      f"{100 * r.mean_share:.1f}%" if r.mean_share is not None else "–"] for r in view.table]
