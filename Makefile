@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PY) -m pip install -q -e '.[dev]' $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
+# runs/quickstart is the demo's own folder: a rerun replaces the previous demo.
 demo: $(STAMP)
-	$(VENV)/bin/cxrsem quickstart --out runs/quickstart
+	$(VENV)/bin/cxrsem quickstart --out runs/quickstart --overwrite
 
 # The report's browser test needs Debian's Chromium; install it when missing (CI runs as root).
 browser:

@@ -17,8 +17,9 @@ atomically, so a kill mid-write never leaves a corrupt file behind.
 from __future__ import annotations
 
 import hashlib
+import math
 import pickle
-import zipfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from cxrsem.plugins import get_model_source, unknown_name_message
 
 FORMAT = "cxrsem-checkpoint/1"
 REQUIRED = ("state_dict", "arch", "task", "input")
+# Wider inputs break the image pixel limit (cxrsem.imageio.MAX_IMAGE_PIXELS) anyway.
+MAX_INPUT_SIZE = 10_000
+MAX_CHANNELS = 16
 
 
 def make_checkpoint(model: nn.Module, *, arch: str, arch_kwargs: Mapping[str, Any], task_kind: str,
@@ -83,7 +87,15 @@ def load_model(spec: str | Path) -> dict[str, Any]:
 
 
 def validate_checkpoint(data: Any, source: str) -> dict[str, Any]:
-    """``data`` if it is a ``cxrsem-checkpoint/1`` dict with every required key, else one error."""
+    """``data`` if it is a well-formed ``cxrsem-checkpoint/1`` dict, else one :class:`CheckpointError`.
+
+    Checked here, so that every entry point (``dissect``, ``attribute``, ``train --init`` and
+    ``--resume``, model sources) refuses the same files with the same sentence: the format tag and
+    required keys; ``arch`` ``{"name": str, "kwargs": dict}``; ``task`` ``{"kind": str, "outputs":
+    [str]}``; ``input.size`` an integer in ``1..MAX_INPUT_SIZE``, ``input.channels`` in
+    ``1..MAX_CHANNELS``, ``input.normalization`` finite ``mean`` and positive finite ``std`` lists;
+    ``state_dict`` a dict of tensors whose floating-point values are all finite.
+    """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(
@@ -91,7 +103,71 @@ def validate_checkpoint(data: Any, source: str) -> dict[str, Any]:
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise CheckpointError(f"checkpoint {source} lacks {', '.join(missing)}")
+
+    def bad(field_: str, expected: str, value: Any) -> CheckpointError:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return CheckpointError(f"checkpoint {source}: {field_!r} must be {expected}, got {shown}")
+
+    arch = data["arch"]
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise bad("arch", 'a table {"name": str, "kwargs": {...}}', arch)
+    if not isinstance(arch.get("kwargs", {}), dict):
+        raise bad("arch.kwargs", "a table", arch.get("kwargs"))
+    task = data["task"]
+    if (not isinstance(task, dict) or not isinstance(task.get("kind"), str)
+            or not isinstance(task.get("outputs"), list)
+            or not all(isinstance(o, str) for o in task["outputs"])):
+        raise bad("task", 'a table {"kind": str, "outputs": [str, ...]}', task)
+    spec = data["input"]
+    if not isinstance(spec, dict):
+        raise bad("input", 'a table {"size", "channels", "normalization"}', spec)
+    size = spec.get("size")
+    if not _is_int(size) or not 1 <= size <= MAX_INPUT_SIZE:
+        raise bad("input.size", f"an integer from 1 to {MAX_INPUT_SIZE:,} (pixels a side)", size)
+    channels = spec.get("channels", 1)
+    if not _is_int(channels) or not 1 <= channels <= MAX_CHANNELS:
+        raise bad("input.channels", f"an integer from 1 to {MAX_CHANNELS}", channels)
+    norm = spec.get("normalization")
+    if norm is not None:
+        if not isinstance(norm, dict):
+            raise bad("input.normalization", 'a table {"mean": [...], "std": [...]}', norm)
+        for key in ("mean", "std"):
+            values = norm.get(key, [0.0] if key == "mean" else [1.0])
+            if (not isinstance(values, (list, tuple)) or not values
+                    or not all(_is_number(v) and math.isfinite(v) for v in values)):
+                raise bad(f"input.normalization.{key}", "a non-empty list of finite numbers", values)
+            if key == "std" and not all(v > 0 for v in values):
+                raise bad("input.normalization.std", "positive (a zero std divides by zero)",
+                          values)
+    state_dict = data["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise bad("state_dict", "a table of tensors", type(state_dict).__name__)
+    check_finite(state_dict, source)
     return data
+
+
+def check_finite(state_dict: Mapping[str, Any], source: str) -> None:
+    """One :class:`CheckpointError` naming the first entry that is not a tensor or holds NaN/inf
+    (a model with such weights only ever predicts NaN)."""
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"checkpoint {source}: state_dict entry {name!r} is a "
+                                  f"{type(tensor).__name__}, not a tensor")
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                count = int((~finite).sum())
+                raise CheckpointError(
+                    f"checkpoint {source}: tensor {name!r} has {count:,} non-finite value(s) "
+                    f"(NaN or inf) of {tensor.numel():,}; refusing a model with non-finite weights")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -100,11 +176,50 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
+        with warnings.catch_warnings():
+            # torch's note on the pickle protocol is noise here: the file loads or is refused below
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _refused_global(exc)
+        if refused is not None and not refused.startswith("Unsupported operand"):
+            # torch's own message is a page long, with its warning about running code in the middle
+            raise CheckpointError(
+                f"{path} is not a plain-data checkpoint: loading it would need to run code from the "
+                f"file, which cxrsem never does (torch.load weights_only=True refused: "
+                f"{refused or _first_line(exc)})") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint file "
+                              f"({refused or _first_line(exc)})") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises anything on a file that is no checkpoint
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        torch_like = head[:2] == b"PK" or head[:1] == b"\x80"  # zip archive, or a legacy pickle
+        detail = (f"{type(exc).__name__}: {_first_line(exc)}" if torch_like
+                  else "neither a zip archive nor a pickle: a text or other file?")
+        raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint file "
+                              f"({detail})") from None
     return validate_checkpoint(data, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _refused_global(exc: BaseException) -> str | None:
+    """What torch's weights-only message says the file asked for (``Unsupported global: ...``)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker not in text:
+        return None
+    lines = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+    if not lines:
+        return None
+    line = lines[0].split(". Please use", 1)[0].rstrip(".")
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> nn.Module:

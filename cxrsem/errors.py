@@ -38,3 +38,15 @@ class CheckpointError(CxrsemError):
 
 class TrainingError(CxrsemError):
     """Training stopped (non-finite loss, out of memory, ...)."""
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error on a file (permission denied, disk full, a file
+    where a folder must be, ...): the user's environment, not a bug, so no traceback."""
+    what = exc.strerror or type(exc).__name__
+    where = ""
+    if exc.filename is not None:
+        where = f": {str(exc.filename)!r}"
+        if getattr(exc, "filename2", None) is not None:
+            where += f" -> {str(exc.filename2)!r}"
+    return f"{what}{where} (check that the path is right, writable and its disk not full)"

@@ -144,19 +144,72 @@ class Store:
         return state
 
 
+class _Damaged(Exception):
+    """A store whose index or array does not hold what the format promises."""
+
+
 @functools.lru_cache(maxsize=64)
 def _read_index(path: str, mtime_ns: int) -> dict[str, Any] | None:
+    """The index, None when it is not readable as a ``cxrsem-image-cache/1`` index."""
     try:
-        index = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        return _parse_index(Path(path))
+    except _Damaged:
         return None
+
+
+def _parse_index(path: Path) -> dict[str, Any]:
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _Damaged(f"index.json is not readable JSON ({type(exc).__name__})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        return None
+        raise _Damaged(f"index.json is not a {FORMAT} index")
+    files = index.get("files")
+    if (not isinstance(index.get("size"), int) or not isinstance(index.get("reader"), str)
+            or not isinstance(files, list)
+            or not all(isinstance(e, list) and len(e) == 4 and isinstance(e[0], str)
+                       and all(isinstance(v, int) for v in e[1:]) for e in files)):
+        raise _Damaged("index.json lacks a size, reader or [path, bytes, mtime, row] file list")
     return index
 
 
+def _check_array(folder: Path, index: dict[str, Any]) -> None:
+    """The memory-mapped array exists, is uint8 [rows, size, size] and covers every listed row."""
+    try:
+        array = np.load(folder / "images.npy", mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:  # truncated: "mmap length is greater ..."
+        raise _Damaged(f"images.npy is unreadable ({exc})") from None
+    size = int(index["size"])
+    rows = max((int(e[3]) for e in index["files"]), default=-1) + 1
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[1:] != (size, size) \
+            or array.shape[0] < rows:
+        raise _Damaged(f"images.npy holds {array.dtype} {list(array.shape)}, the index needs uint8 "
+                       f"[{rows}, {size}, {size}]")
+
+
+_warned: set[tuple[str, int]] = set()
+
+
+def _warn_damaged(folder: Path, reason: str, stamp: int) -> None:
+    if (str(folder), stamp) in _warned:  # once per store (each split of a dataset looks it up)
+        return
+    _warned.add((str(folder), stamp))
+    warnings.warn(f"prepared image cache {folder} is damaged ({reason}); its images are decoded from "
+                  "their files instead (rebuild it with cxrsem prepare --force)", CacheWarning,
+                  stacklevel=3)
+
+
+def check_cache_folder(cache_dir: Path | None, what: str = "the image cache") -> None:
+    """A UsageError when ``cache_dir`` exists but is not a folder."""
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise UsageError(f"{what} {cache_dir} is not a folder (a file is in the way); name a folder, "
+                         "or 'off'")
+
+
 def open_stores(cache_dir: Path, size: int, reader: str) -> list[Store]:
-    """Every complete store under ``cache_dir`` for images of ``size`` decoded by ``reader``."""
+    """Every complete store under ``cache_dir`` for images of ``size`` decoded by ``reader``; a
+    damaged one (truncated array, garbage index) is skipped with one :class:`CacheWarning`."""
+    check_cache_folder(cache_dir)
     folder = cache_dir / "images"
     try:
         candidates = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -168,9 +221,15 @@ def open_stores(cache_dir: Path, size: int, reader: str) -> list[Store]:
         stamp = file_stamp(str(index_path))
         if stamp is None or not (candidate / "images.npy").is_file():
             continue
-        index = _read_index(str(index_path), stamp[1])
-        if index and int(index.get("size", -1)) == size and index.get("reader") == reader:
-            stores.append(Store(candidate, index))
+        try:
+            index = _read_index(str(index_path), stamp[1]) or _parse_index(index_path)
+            if int(index["size"]) != size or index["reader"] != reader:
+                continue
+            _check_array(candidate, index)
+        except _Damaged as exc:
+            _warn_damaged(candidate, str(exc), stamp[1])
+            continue
+        stores.append(Store(candidate, index))
     return stores
 
 
@@ -278,6 +337,10 @@ def _is_current(folder: Path, size: int, reader: str, paths: list[str]) -> bool:
     index = _read_index(str(folder / "index.json"), stamp[1])
     if not index or int(index.get("size", -1)) != size or index.get("reader") != reader:
         return False
+    try:
+        _check_array(folder, index)
+    except _Damaged:  # rebuilt below
+        return False
     store = Store(folder, index)
     return all(path in store.rows and store.rows[path][:2] == file_stamp(path) for path in paths)
 
@@ -293,6 +356,7 @@ def prepare(sources: Sequence[ImageSources], *, name: str, cache_dir: str | Path
     root = resolve_cache_dir(cache_dir)
     if root is None:
         raise UsageError("the image cache is disabled (CXRSEM_CACHE_DIR=off); pass --cache-dir DIR")
+    check_cache_folder(root, "--cache-dir")
     sources = list(sources)
     if not sources:
         raise UsageError(f"{name}: nothing to prepare")

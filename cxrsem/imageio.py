@@ -33,6 +33,16 @@ optional ``cxrsem[dicom]`` extra, imported only when a DICOM is met):
 4. ``MONOCHROME1`` (white = low values) is inverted so that, as in every PNG, bone is bright;
 5. colour DICOMs become luminance as above; of a multi-frame DICOM only the first frame is read.
 
+Size limit
+----------
+An image may hold at most :data:`MAX_IMAGE_PIXELS` = 100,000,000 pixels (10,000 x 10,000; the
+largest published radiographs are about 4,300 px a side).  The limit is checked on the size the
+file *declares* -- the PNG/JPEG header, DICOM ``Rows`` x ``Columns`` -- before any pixel is
+decoded, so a small file that would decompress to gigabytes (a "decompression bomb") is refused
+with a :class:`~cxrsem.errors.DataError` like any unreadable file: a dataset skips it, a folder run
+of ``cxrsem attribute`` skips it, a single image is an error.  Pillow's own, lower bomb warning is
+replaced by this check.
+
 Geometry
 --------
 :func:`to_tensor` resizes to ``S x S`` with antialiased bilinear interpolation (a triangle filter
@@ -44,6 +54,8 @@ with the pixels they describe.
 
 from __future__ import annotations
 
+import re
+import warnings
 from os import PathLike
 from pathlib import Path
 
@@ -54,7 +66,10 @@ from PIL import Image, UnidentifiedImageError
 
 from cxrsem.errors import DataError
 
-__all__ = ["read_image", "to_tensor", "load_image", "image_size", "is_dicom", "LUMINANCE"]
+__all__ = ["read_image", "to_tensor", "load_image", "image_size", "is_dicom", "LUMINANCE",
+           "MAX_IMAGE_PIXELS"]
+
+MAX_IMAGE_PIXELS = 10_000 * 10_000
 
 LUMINANCE = (0.299, 0.587, 0.114)
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -98,14 +113,40 @@ def image_size(path: str | PathLike[str]) -> tuple[int, int]:
         pydicom = _pydicom()
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            return int(ds.Columns), int(ds.Rows)
+            size = int(ds.Columns), int(ds.Rows)
         except Exception as exc:
             raise DataError(f"cannot read DICOM header of {path}: {exc}") from None
+        return _check_pixels(path, *size)
     try:
-        with Image.open(path) as im:
-            return im.size
+        with _open_pil(path) as im:
+            return _check_pixels(path, *im.size)
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def _check_pixels(path: Path, width: int, height: int) -> tuple[int, int]:
+    """``(width, height)``, or a DataError when the image is larger than MAX_IMAGE_PIXELS."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"cannot read image {path}: it declares {width:,} x {height:,} = "
+                        f"{width * height:,} pixels, above the limit of {MAX_IMAGE_PIXELS:,} pixels "
+                        "(10,000 x 10,000); a decompression bomb or not a radiograph")
+    return width, height
+
+
+def _open_pil(path: Path) -> Image.Image:
+    """``Image.open`` with Pillow's bomb check replaced by :func:`_check_pixels` (the caller's)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as exc:  # above twice Pillow's limit: it names no size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise DataError(f"cannot read image {path}: it declares {count}, above the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} pixels (10,000 x 10,000); a decompression bomb or "
+                        "not a radiograph") from None
 
 
 def to_tensor(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
@@ -144,8 +185,11 @@ def _luminance(rgb: np.ndarray, scale: float) -> np.ndarray:
 
 def _read_pil(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            im.load()
+        with _open_pil(path) as im:
+            _check_pixels(path, *im.size)  # before load(): the header's size, not the pixels
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im.load()
             return _pil_to_array(im)
     except DataError:
         raise
@@ -207,7 +251,10 @@ def _read_dicom(path: Path, *, voi: bool) -> np.ndarray:
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path, force=True)
+        _check_pixels(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0))
         arr = ds.pixel_array
+    except DataError:
+        raise
     except Exception as exc:  # missing codec, truncated file, not DICOM at all, ...
         hint = ""
         if "decod" in str(exc).lower() or "plugin" in str(exc).lower():

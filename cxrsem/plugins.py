@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import os
 import threading
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,10 @@ DEFAULT_PLUGINS = (
     "cxrsem.default_plugins.weak",
     "cxrsem.default_plugins.ig",
 )
+
+class PluginWarning(UserWarning):
+    """A plugin setting that does nothing (e.g. an unknown name in CXRSEM_DISABLE_PLUGINS)."""
+
 
 def disabled_plugins() -> set[str]:
     raw = os.environ.get("CXRSEM_DISABLE_PLUGINS", "")
@@ -63,9 +68,21 @@ class Registry:
         return found
 
 
+def closest_name(name: str, available: Iterable[str]) -> str | None:
+    """The available name closest to ``name``: a case-only difference first (``PHANTOM``), then
+    difflib's best match above 0.5, compared case-insensitively."""
+    available = sorted(available)
+    folded = {a.casefold(): a for a in reversed(available)}
+    if name.casefold() in folded:
+        return folded[name.casefold()]
+    close = difflib.get_close_matches(name.casefold(), list(folded), n=1, cutoff=0.5)
+    return folded[close[0]] if close else None
+
+
 def unknown_name_message(label: str, name: str, available: Iterable[str]) -> str:
     available = sorted(available)
-    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+    closest = closest_name(name, available)
+    close = [closest] if closest is not None else []
     hint = f"; did you mean {close[0]!r}?" if close else ""
     listing = ", ".join(available) if available else "(none)"
     return f"unknown {label} {name!r}{hint} available: {listing}"
@@ -150,6 +167,19 @@ def build_registry(extra_plugins: Iterable[tuple[str, object]] = (),
                     error=f"import failed: {type(exc).__name__}: {exc}"))
                 continue
             _register_plugin(registry, pm, plugin, ep.name, source, version)
+
+    known = {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS} | set(DEFAULT_PLUGINS)
+    if entry_points:
+        known |= {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    extra_plugins = list(extra_plugins)
+    known |= {name for name, _ in extra_plugins}
+    for name in sorted(blocked - known):
+        # a typo here would silently leave the plugin enabled
+        shown = sorted(n for n in known if "." not in n)
+        hint = closest_name(name, shown)
+        warnings.warn(f"CXRSEM_DISABLE_PLUGINS names no installed plugin: {name!r}"
+                      f"{f' (did you mean {hint!r}?)' if hint else ''}; known plugins: "
+                      f"{', '.join(shown)}", PluginWarning, stacklevel=2)
 
     for name, plugin in extra_plugins:
         if name not in blocked:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from cxrsem.api import create_concept_set
+from cxrsem.errors import UsageError
 from cxrsem.outputs import atomic_write, ensure_output_dir, write_manifest
 from cxrsem.training import TrainConfig, TrainResult, train
 
@@ -39,6 +40,7 @@ class QuickstartSettings:
     lr: float = 2e-3
     dissect_images: int = 300
     attribution_steps: int = 32
+    overwrite: bool = False  # replace the results of an earlier quickstart in `out`
 
 
 @dataclass
@@ -73,12 +75,31 @@ def write_samples(out: Path, count: int, image_size: int, seed: int) -> list[Pat
     return written
 
 
+QUICKSTART_ENTRIES = {"manifest.json", "samples", "severity", "dissect", "attributions",
+                      "report.html"}
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """A quickstart writes into a new or empty folder, or (with ``overwrite``) over an earlier
+    quickstart's results; a folder holding anything else is never written into."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in QUICKSTART_ENTRIES)
+    if foreign:
+        raise UsageError(f"{out} holds files that are not a quickstart's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty --out")
+    if not overwrite:
+        raise UsageError(f"{out} already holds a quickstart; replace it with --overwrite or choose "
+                         f"another --out")
+
+
 def run_quickstart(settings: QuickstartSettings, progress: Progress | None = None) -> QuickstartResult:
     from cxrsem.attribution import attribute
     from cxrsem.dissection import DissectSettings, dissect
     from cxrsem.reporting import build_report
 
     progress = progress or (lambda event, **info: None)
+    _check_out(Path(settings.out), settings.overwrite)
     out = ensure_output_dir(settings.out)
     write_manifest(out, seed=settings.seed, device=settings.device)
     result = QuickstartResult(out=out)
@@ -93,7 +114,7 @@ def run_quickstart(settings: QuickstartSettings, progress: Progress | None = Non
         out=str(run_dir), dataset="phantom", loss="mae-scce", arch="densenet-mini",
         epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
         image_size=settings.image_size, patience=settings.epochs, seed=settings.seed,
-        device=settings.device,
+        device=settings.device, overwrite=settings.overwrite,
         dataset_options={"n_train": settings.n_train, "n_val": settings.n_val})
     result.training = train(config, progress=progress)
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cxrsem.cli import main
+from cxrsem.errors import UsageError
 from cxrsem.quickstart import QuickstartSettings, run_quickstart
 
 
@@ -27,6 +28,24 @@ def test_quickstart_runs_every_stage(tmp_path):
     assert attribution["layer"] == "features.denseblock4"
     html = (out / "report.html").read_text()
     assert "initial (epoch 0)" in html and "trained (epoch 001)" in html
+    # A rerun replaces the earlier quickstart only when asked to.
+    with pytest.raises(UsageError, match="already holds a quickstart; replace it with --overwrite"):
+        run_quickstart(settings)
+    settings.overwrite = True
+    again = run_quickstart(settings)
+    assert again.training.epochs_run == 1 and (out / "report.html").is_file()
+
+
+def test_quickstart_never_writes_into_a_folder_of_other_files(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep")
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit) as info:
+            main(["quickstart", "--out", str(out), *extra])
+        assert info.value.code == 2
+        assert "holds files that are not a quickstart's (thesis.tex)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
 
 
 def test_quickstart_refuses_an_output_file(tmp_path, capsys):

@@ -62,7 +62,7 @@ from cxrsem.formats.attribution import (
     summary_row,
 )
 from cxrsem.formats.dissection import Dissection, load_dissection
-from cxrsem.outputs import ensure_output_dir, write_config, write_json, write_manifest, write_text
+from cxrsem.outputs import output_dir, write_config, write_json, write_manifest, write_text
 
 __all__ = ["SCHEMA", "AttributionResult", "AttributionRun", "attribute", "collect_images"]
 
@@ -97,6 +97,9 @@ def _build_method(method: str, rule: str | None, steps: int | None,
     options = dict(method_options or {})
     options.update({k: v for k, v in (("rule", rule), ("steps", steps)) if v is not None})
     info, resolved = resolve_component("attribution_method", name, options)
+    from cxrsem.engine.memory import check_quadrature  # before the nodes are computed
+
+    check_quadrature(resolved.get("steps"), resolved.get("rule"))
     built = info.factory(**resolved)
     return _Method(name, dict(getattr(built, "options", resolved)), info.baseline, built)
 
@@ -174,6 +177,20 @@ def _explain(model: _Model, method: _Method, batch: torch.Tensor, target: Target
     return complete(result, model.split, images, columns, batch_size)
 
 
+def _check_finite(model: _Model, attribution: LayerAttribution, names: list[str]) -> None:
+    """Refuse non-finite activations (or attributions) of a batch, naming the layer and image."""
+    for what, values in (("activations", attribution.activations),
+                         ("attributions", attribution.attributions)):
+        if values is None:
+            continue
+        bad = ~torch.isfinite(values.detach()).flatten(1).all(dim=1)
+        if bool(bad.any()):
+            image = names[int(bad.nonzero()[0, 0])]
+            raise DataError(f"layer {model.layer!r} of {model.path} gives non-finite {what} (NaN "
+                            f"or inf) for image {image}; check the checkpoint's weights and the "
+                            f"image")
+
+
 def _results(model: _Model, method: _Method, attribution: LayerAttribution, names: list[str],
              batch: torch.Tensor, target: Target | None, top_k: int,
              dissection: Dissection | None, stems: Callable[[str], str]) -> list[AttributionResult]:
@@ -243,7 +260,10 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     (torch.fx, hook fallback), ``fx`` or ``hook``; ``out``: where to write the JSON/PNG files
     (nothing is written when ``None``).  Inputs are validated before anything is written: a bad
     method, option, target, dissection, layer or step count fails with a
-    :class:`~cxrsem.errors.CxrsemError`.
+    :class:`~cxrsem.errors.CxrsemError`; an ``out`` folder the call created is removed again when
+    it fails before an image's result is written.  An image's files never take a run file's name
+    (``manifest.png`` gives ``manifest-image.json``, see :data:`~.inputs.RESERVED_STEMS`).
+    Non-finite activations at ``layer`` are refused (:class:`~cxrsem.errors.DataError`).
     """
     chosen_method = _build_method(method, rule, steps, method_options)
     top_k, batch_size = int(top_k), int(batch_size)
@@ -261,7 +281,18 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
         dissection, layer=model.layer, sha256=model.sha256, num_units=model.num_units,
         model_name=Path(model.path).name)
 
-    out_dir = ensure_output_dir(out) if out is not None else None
+    if out is None:
+        return _attribute_into(None, inputs, model, chosen_method, target_spec, dissect,
+                               dissection, target, top_k, batch_size, render, emit)
+    with output_dir(out, scaffolding=("config.toml", "manifest.json")) as out_dir:
+        return _attribute_into(out_dir, inputs, model, chosen_method, target_spec, dissect,
+                               dissection, target, top_k, batch_size, render, emit)
+
+
+def _attribute_into(out_dir: Path | None, inputs: Inputs, model: _Model, chosen_method: _Method,
+                    target_spec: Target | None, dissect: Dissection | None,
+                    dissection: str | Path | None, target: str | int | None, top_k: int,
+                    batch_size: int, render: bool, emit: Progress) -> AttributionRun:
     if out_dir is not None:
         _write_run_config(out_dir, inputs, model, chosen_method, dissection, target, top_k,
                           batch_size)
@@ -280,6 +311,7 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     stems = unique_stems(inputs.tensor is not None)
     for names, batch in batches(inputs, model.spec.size, batch_size, skip):
         attribution = _explain(model, chosen_method, batch, target_spec, batch_size)
+        _check_finite(model, attribution, names)
         for result in _results(model, chosen_method, attribution, names, batch, target_spec,
                                top_k, dissect, stems):
             if out_dir is not None:

@@ -15,6 +15,7 @@ import torch
 
 from cxrsem.errors import CxrsemError, DataError, UsageError
 from cxrsem.imageio import is_dicom, read_image, to_tensor
+from cxrsem.outputs import safe_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif",
                   ".webp", ".pgm", ".ppm")
@@ -94,16 +95,28 @@ def batches(inputs: Inputs, size: int, batch_size: int, skip: Callable[[str, str
             yield names, torch.stack(pictures)
 
 
+# The files of the run itself: an image's outputs must never take these names.
+RUN_FILES = ("config.toml", "manifest.json", "summary.csv", "concepts.csv")
+RESERVED_STEMS = frozenset(Path(name).stem for name in RUN_FILES)
+RESERVED_SUFFIX = "-image"
+
+
 def unique_stems(tensor_input: bool) -> Callable[[str], str]:
+    """The output stem of each image (``<stem>.json``, ``<stem>.png``): its file stem made a safe
+    name (:func:`~cxrsem.outputs.safe_name`), ``-image`` added to a run file's stem
+    (``manifest.png`` -> ``manifest-image.json``), ``-2``, ``-3``, ... to one already used (compared
+    without case: a case-insensitive file system would merge them)."""
     used: set[str] = set()
 
     def stem(name: str) -> str:
-        base = name if tensor_input else Path(name).stem
+        base = safe_name(name if tensor_input else Path(name).stem)
+        if base.lower() in RESERVED_STEMS:
+            base += RESERVED_SUFFIX
         unique, n = base, 1
-        while unique in used:
+        while unique.lower() in used:
             n += 1
             unique = f"{base}-{n}"
-        used.add(unique)
+        used.add(unique.lower())
         return unique
 
     return stem

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrsem.outputs import write_bytes
+from cxrsem.textsafe import mpl_literal
 
 
 def normalized_map(s: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
@@ -42,13 +43,13 @@ def render_figure(path: str | Path, image: np.ndarray, maps: Sequence[np.ndarray
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, panels, squeeze=False)[0]
     axes[0].imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
-    axes[0].set_title(image_title, fontsize=8)
+    axes[0].set_title(mpl_literal(image_title), fontsize=8)
     for ax, s, title in zip(axes[1:], maps, titles, strict=True):
         heat = normalized_map(s, size)
         ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
         ax.imshow(heat, cmap="RdBu_r", vmin=-1.0, vmax=1.0,
                   alpha=np.clip(np.abs(heat) * 0.8, 0.0, 1.0))
-        ax.set_title(title, fontsize=8)
+        ax.set_title(mpl_literal(title), fontsize=8)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -16,7 +16,7 @@ import typer
 
 from cxrsem import __version__
 from cxrsem.cli import attribute, dissect, plugins_cmd, prepare, quickstart, report, train
-from cxrsem.errors import CxrsemError
+from cxrsem.errors import CxrsemError, os_error_message
 
 app = typer.Typer(
     name="cxrsem",
@@ -92,6 +92,10 @@ def _run(argv: list[str], debug: bool) -> None:
         raise
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
+    except OSError as exc:  # a read-only --out, a full disk: the environment, not a bug
+        if debug:
+            raise
+        _fail(os_error_message(exc), 1)
     except Exception as exc:
         if _is_click_error(exc):
             # Typer vendors click: its usage errors are recognised by shape, not by private class.
@@ -104,4 +108,6 @@ def _run(argv: list[str], debug: bool) -> None:
         if debug:
             raise
         _fail(f"unexpected {type(exc).__name__}: {exc} (run with CXRSEM_DEBUG=1 for the traceback)", 1)
+    if result == 130:  # typer turns a KeyboardInterrupt into a silent exit 130
+        _fail("interrupted", 130)
     raise SystemExit(result if isinstance(result, int) else 0)

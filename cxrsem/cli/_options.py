@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import inspect
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,9 @@ def _apply_config(ctx: typer.Context, value: Path | None) -> Path | None:
         if param is None:
             known = ", ".join(sorted(n.replace("_", "-") for n in by_name))
             raise ConfigError(f"unknown key {key!r} in [{command}] of {source_file!r}; known: {known}")
+        wrong = _type_mismatch(param, raw)
+        if wrong:
+            raise ConfigError(f"bad value for {key!r} in [{command}] of {source_file!r}: {wrong}")
         try:
             defaults[name] = param.process_value(ctx, raw)
         except Exception as exc:  # typer's (vendored click) BadParameter, or a TypeError
@@ -44,6 +50,55 @@ def _apply_config(ctx: typer.Context, value: Path | None) -> Path | None:
             raise ConfigError(f"bad value for {key!r} in [{command}] of {source_file!r}: {message}") from None
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _kind(annotation: Any) -> tuple[str, tuple[type, ...]] | None:
+    """(what the option takes, the TOML value types that fit it); None: not checked here."""
+    if annotation is bool:
+        return "true or false", (bool,)
+    if annotation is int:
+        return "an integer", (int,)
+    if annotation is float:
+        return "a number", (int, float)
+    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, Path | enum.Enum)):
+        return "a string", (str,)
+    return None
+
+
+def _type_mismatch(param: Any, raw: Any) -> str | None:
+    """Why a TOML value cannot be this option's value, or None.  TOML values are typed, so no
+    coercion across types: ``epochs = true`` is not 1 and ``epochs = 2.5`` is not 2 (click's
+    converters would accept both)."""
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None:
+        return None
+    annotation = _strip_optional(descriptor.annotation)
+    if typing.get_origin(annotation) is list:
+        if not isinstance(raw, list):
+            return f"expected a list, got {raw!r}"
+        element = typing.get_args(annotation)
+        kind = _kind(element[0]) if element else None
+        values = raw
+    else:
+        if isinstance(raw, list) and not getattr(param, "multiple", False):
+            return f"expected a single value, got the list {raw!r}"
+        kind, values = _kind(annotation), [raw]
+    if kind is None:
+        return None
+    label, accepted = kind
+    for value in values:
+        if isinstance(value, bool) and bool not in accepted:
+            return f"expected {label}, got the boolean {str(value).lower()}"
+        if not isinstance(value, accepted):
+            return f"expected {label}, got {value!r}"
+    return None
 
 
 ConfigOption = typer.Option(

@@ -22,7 +22,8 @@ class TrainingProgress:
         getattr(self, f"on_{event}", lambda **_: None)(**info)
 
     def on_note(self, message: str) -> None:
-        self.console.print(f"[dim]{message}[/dim]" if not self.quiet else message, highlight=False)
+        # markup=False everywhere here: messages quote paths and names ("[/b]" is not markup)
+        self.console.print(message, style=None if self.quiet else "dim", highlight=False, markup=False)
 
     def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         if self.quiet:
@@ -50,7 +51,7 @@ class TrainingProgress:
                 f"val {name} {value:.4f}{star}")
         if metrics.get("mae_mean_predictor") is not None:
             line += f" (mean predictor {metrics['mae_mean_predictor']:.4f})"
-        self.console.print(line, highlight=False)
+        self.console.print(line, highlight=False, markup=False)
         sys.stderr.flush()
 
 
@@ -65,7 +66,8 @@ class PhaseProgress:
 
     def __enter__(self) -> PhaseProgress:
         if not self.quiet:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                MofNCompleteColumn(),
                                 TimeRemainingColumn(), console=self.console, transient=True)
             self.bar.start()
         return self
@@ -76,7 +78,8 @@ class PhaseProgress:
 
     def __call__(self, event: str, **info: Any) -> None:
         if event == "note" or (event == "model" and self.quiet):
-            self.console.print(info.get("message") or f"dissecting {info.get('path')}", highlight=False)
+            self.console.print(info.get("message") or f"dissecting {info.get('path')}", highlight=False,
+                               markup=False)
         elif self.bar is not None and event in ("phase", "model"):
             name = info.get("name") or f"model {info.get('path')}"
             if self.task is not None:

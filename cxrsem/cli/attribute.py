@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cxrsem.attribution.api import attribute as run_attribution
@@ -24,11 +25,12 @@ class _AttributionProgress:
     def __call__(self, event: str, **info: Any) -> None:
         if event == "skipped":
             # soft_wrap: a warning stays one line however long the path (scripts grep for it).
-            self.console.print(f"[yellow]Warning:[/yellow] skipped {info['image']}: "
-                               f"{info['reason']}", highlight=False, soft_wrap=True)
+            # escape(): paths and reasons are the user's text, not rich markup
+            self.console.print(f"[yellow]Warning:[/yellow] skipped {escape(str(info['image']))}: "
+                               f"{escape(str(info['reason']))}", highlight=False, soft_wrap=True)
         elif event == "start" and info.get("reason"):
-            self.console.print(f"[dim]split: {info['path']} ({info['reason']})[/dim]",
-                               highlight=False)
+            self.console.print(f"split: {info['path']} ({info['reason']})", style="dim",
+                               highlight=False, markup=False)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -70,7 +72,7 @@ def attribute(
             method_options=parse_assignments(method_opt or [], "--method-opt"), device=device,
             batch_size=batch_size, out=out, progress=_AttributionProgress(err))
 
-    table = Table(title=f"semantic attribution at {run.layer} ({run.path} path)")
+    table = Table(title=escape(f"semantic attribution at {run.layer} ({run.path} path)"))
     for column in ("image", "prediction", "top unit", "concept", "share", "completeness gap"):
         table.add_column(column, justify="right" if column in ("share", "top unit") else "left")
     for result in run:
@@ -81,10 +83,11 @@ def attribute(
         gap = data["completeness"]
         shown_gap = ("undefined" if gap["delta"] is None and gap["abs_gap"] is None else
                      f"{_fmt(gap['abs_gap'], '.2e')} ({_fmt(gap['rel_gap'], '.1e')} rel.)")
-        table.add_row(Path(result.image).name, f"{name} = {_fmt(data['prediction'].get(name), '.3f')}",
-                      str(top["unit"]), concept, f"{100 * top['share']:.1f}%", shown_gap)
+        table.add_row(escape(Path(result.image).name),
+                      escape(f"{name} = {_fmt(data['prediction'].get(name), '.3f')}"),
+                      str(top["unit"]), escape(concept), f"{100 * top['share']:.1f}%", shown_gap)
     for image, _reason in run.skipped:
-        table.add_row(Path(image).name, "[yellow]skipped[/yellow]", "-", "-", "-", "-")
+        table.add_row(escape(Path(image).name), "[yellow]skipped[/yellow]", "-", "-", "-", "-")
     console = Console()
     console.print(table)
     written = f"{len(run)} attribution(s) in {run.out}"
@@ -92,7 +95,7 @@ def attribute(
         written += f"; summary: {run.summary_csv.name}"
     if run.skipped:
         written += f"; {len(run.skipped)} image(s) skipped"
-    console.print(written, highlight=False)
+    console.print(written, highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cxrsem.cli._options import (
@@ -73,14 +74,15 @@ def dissect_command(
     for result in results:
         for result_layer in result.layers:
             console.print(detector_table(result, result_layer, settings.iou_threshold))
-    console.print(f"results in {out}", highlight=False)
+    console.print(f"results in {out}", highlight=False, markup=False)
 
 
 def detector_table(result, layer, iou_threshold: float) -> Table:
     best_index, best_iou = layer.best
     detectors = is_detector(best_iou, iou_threshold)
-    table = Table(title=f"{result.model_path} — {layer.layer}: {int(detectors.sum())} detectors "
-                        f"of {len(best_iou)} units (IoU > {iou_threshold})")
+    # escape(): model paths, layer and concept names are the user's, not rich markup
+    table = Table(title=escape(f"{result.model_path} — {layer.layer}: {int(detectors.sum())} detectors "
+                               f"of {len(best_iou)} units (IoU > {iou_threshold})"))
     table.add_column("concept")
     table.add_column("images", justify="right")
     table.add_column("detectors", justify="right")
@@ -88,7 +90,8 @@ def detector_table(result, layer, iou_threshold: float) -> Table:
     for c, concept in enumerate(layer.concepts):
         of_concept = detectors & (best_index == c)
         top = layer.iou[:, c].max() if layer.iou.size else 0.0
-        table.add_row(concept, str(int(layer.images_with[c])), str(int(of_concept.sum())), f"{top:.3f}")
+        table.add_row(escape(concept), str(int(layer.images_with[c])), str(int(of_concept.sum())),
+                      f"{top:.3f}")
     return table
 
 

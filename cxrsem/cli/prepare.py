@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cxrsem.cli._options import (
@@ -51,7 +52,7 @@ def prepare_command(
             concept_options=component_options(from_file.get("concepts", {}), name, concept_opt,
                                               "--concept-opt"),
             cache_dir=cache_dir, workers=workers, force=force, progress=progress)
-    table = Table(title=f"prepared images of {name}")
+    table = Table(title=f"prepared images of {escape(name)}")
     for column in ("size", "images", "not decodable", "seconds", "images/s"):
         table.add_column(column, justify="right")
     for r in results:

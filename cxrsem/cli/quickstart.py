@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cxrsem.cli._options import (
@@ -50,21 +51,26 @@ def quickstart(
     seed: int = seed_option(_D),
     device: str = device_option(_D),
     epochs: int = library_option(_D, "epochs", "Training epochs of the small severity model."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace the results of an earlier quickstart in --out."),
     quiet: bool = QuietOption,
     config: Path | None = ConfigOption,
 ) -> None:
     """Generate phantom radiographs and train a small model (the pipeline on built-in data)."""
-    settings = QuickstartSettings(out=str(out), seed=seed, device=device, epochs=epochs)
+    settings = QuickstartSettings(out=str(out), seed=seed, device=device, epochs=epochs,
+                                  overwrite=overwrite)
     progress = _QuickstartProgress(quiet=quiet)
     try:
         result = run_quickstart(settings, progress=progress)
     finally:
         progress.phases.__exit__(None, None, None)
     console = Console()
-    console.print(f"samples: {len(result.samples)} PNGs in {result.out / 'samples'}", highlight=False)
+    # markup=False / escape(): paths and names are the user's, not rich markup
+    console.print(f"samples: {len(result.samples)} PNGs in {result.out / 'samples'}", highlight=False,
+                  markup=False)
     name, value = result.training.best_metric
     console.print(f"severity model: best {name} {value:.3f} at epoch {result.training.best_epoch}; "
-                  f"checkpoints in {result.training.run_dir}", highlight=False)
+                  f"checkpoints in {result.training.run_dir}", highlight=False, markup=False)
     for dissection in result.dissections:
         for layer in dissection.layers:
             console.print(detector_table(dissection, layer, DEFAULT_IOU_THRESHOLD))
@@ -74,10 +80,11 @@ def quickstart(
     for item in result.attributions:
         top = item.top_k[0]
         predicted = item.data["prediction"].get(item.data["target"]["name"])
-        table.add_row(Path(item.data["image"]).name, "-" if predicted is None else f"{predicted:.2f}",
-                      str(top["unit"]), str(top.get("concept") or "unlabelled"), f"{top['share']:.0%}")
+        table.add_row(escape(Path(item.data["image"]).name),
+                      "-" if predicted is None else f"{predicted:.2f}", str(top["unit"]),
+                      escape(str(top.get("concept") or "unlabelled")), f"{top['share']:.0%}")
     console.print(table)
-    console.print(f"report: {result.report}", highlight=False)
+    console.print(f"report: {result.report}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

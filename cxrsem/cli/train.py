@@ -22,9 +22,20 @@ from cxrsem.cli._options import (
     seed_option,
 )
 from cxrsem.cli._progress import TrainingProgress
-from cxrsem.training import TrainConfig, resume, train
+from cxrsem.errors import CxrsemError, UsageError
+from cxrsem.training import TrainConfig, TrainingInterrupted, resume, train
 
 _D = TrainConfig  # option defaults come from the library's TrainConfig, never re-declared here
+
+# What --resume may change: the number of epochs (never fewer than already run), where it runs and
+# how it is shown.  Anything else would make the result differ from the run that config.toml records.
+_RESUMABLE = {"epochs", "device", "quiet", "resume_dir", "config"}
+
+
+class _Interrupted(CxrsemError):
+    """Ctrl-C, as a plain error: typer turns any KeyboardInterrupt into a silent exit 130."""
+
+    exit_code = 130
 
 
 def train_command(
@@ -46,7 +57,10 @@ def train_command(
                                         help="Local ImageNet weight file for --init imagenet."),
     resume_dir: Path | None = typer.Option(None, "--resume",
                                            help="Continue the run in RUN_DIR from last.pt."),
-    out: Path | None = typer.Option(None, "--out", help="Run folder for checkpoints and metrics."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder for checkpoints and metrics "
+                                    "(new or empty; an earlier run there needs --resume or --overwrite)."),
+    overwrite: bool = library_option(_D, "overwrite", "Replace the earlier run in --out (only its "
+                                     "files; a folder holding anything else is refused)."),
     dataset_opt: list[str] | None = typer.Option(None, "--dataset-opt", metavar="NAME=VALUE"),
     loss_opt: list[str] | None = typer.Option(None, "--loss-opt", metavar="NAME=VALUE"),
     arch_opt: list[str] | None = typer.Option(None, "--arch-opt", metavar="NAME=VALUE"),
@@ -57,27 +71,54 @@ def train_command(
 ) -> None:
     """Train a model; writes epoch-NNN.pt (epoch-000 = initial), best.pt, last.pt, metrics.jsonl."""
     progress = TrainingProgress(quiet=quiet)
-    if resume_dir is not None:
-        result = resume(resume_dir, epochs=epochs if option_was_given(ctx, "epochs") else None,
-                        progress=progress)
-    else:
-        if out is None:
-            raise typer.BadParameter("--out RUN_DIR is required (or --resume RUN_DIR)", param_hint="--out")
-        from_file = file_config(ctx)
-        train_config = TrainConfig(
-            out=str(out), dataset=dataset, loss=loss, arch=arch, epochs=epochs,
-            batch_size=batch_size, lr=lr, image_size=image_size, patience=patience, seed=seed,
-            device=device, workers=workers, save_every=save_every, init=init,
-            weights=str(weights) if weights else None,
-            dataset_options=component_options(from_file, "dataset", dataset_opt, "--dataset-opt"),
-            loss_options=component_options(from_file, "loss", loss_opt, "--loss-opt"),
-            arch_options=component_options(from_file, "arch", arch_opt, "--arch-opt"),
-            data_roots=data_roots(from_file, data_root), image_cache=image_cache,
-        )
-        result = train(train_config, progress=progress)
+    try:
+        if resume_dir is not None:
+            _refuse_changes_on_resume(ctx, resume_dir, out)
+            result = resume(resume_dir, epochs=epochs if option_was_given(ctx, "epochs") else None,
+                            device=device if option_was_given(ctx, "device") else None,
+                            progress=progress)
+        else:
+            if out is None:
+                raise typer.BadParameter("--out RUN_DIR is required (or --resume RUN_DIR)",
+                                         param_hint="--out")
+            from_file = file_config(ctx)
+            train_config = TrainConfig(
+                out=str(out), dataset=dataset, loss=loss, arch=arch, epochs=epochs,
+                batch_size=batch_size, lr=lr, image_size=image_size, patience=patience, seed=seed,
+                device=device, workers=workers, save_every=save_every, init=init,
+                weights=str(weights) if weights else None,
+                dataset_options=component_options(from_file, "dataset", dataset_opt, "--dataset-opt"),
+                loss_options=component_options(from_file, "loss", loss_opt, "--loss-opt"),
+                arch_options=component_options(from_file, "arch", arch_opt, "--arch-opt"),
+                data_roots=data_roots(from_file, data_root), image_cache=image_cache,
+                overwrite=overwrite,
+            )
+            result = train(train_config, progress=progress)
+    except TrainingInterrupted as exc:
+        raise _Interrupted(str(exc)) from None
+    finally:  # an error or Ctrl-C mid-epoch: leave the terminal clean for the one-line message
+        if progress.bar is not None:
+            progress.bar.stop()
     name, value = result.best_metric
     Console().print(f"trained {result.epochs_run} epoch(s); best {name} {value:.4f} at epoch "
-                    f"{result.best_epoch}; checkpoints in {result.run_dir}", highlight=False)
+                    f"{result.best_epoch}; checkpoints in {result.run_dir}", highlight=False, markup=False)
+
+
+def _refuse_changes_on_resume(ctx: typer.Context, resume_dir: Path, out: Path | None) -> None:
+    """--resume continues the run its config.toml records; an option that would change it is an
+    error rather than silently ignored."""
+    given = []
+    for param in ctx.command.params:
+        if param.name in _RESUMABLE or not option_was_given(ctx, param.name):
+            continue
+        if param.name == "out" and out is not None and out.resolve() == resume_dir.resolve():
+            continue  # --out naming the resumed folder changes nothing
+        given.append(param.opts[0] if param.opts else param.name)
+    given += [f"[{table}] of --config" for table in ("dataset", "loss", "arch", "data_roots")
+              if file_config(ctx).get(table)]
+    if given:
+        raise UsageError(f"{', '.join(given)} cannot change on --resume (only --epochs, to extend "
+                         f"the run, and --device); start a new run with --out instead")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,13 @@
   :class:`~cxrsem.errors.DataError` with the file that is missing and the layout expected.
 - :func:`read_table`: CSV reading that copes with the published files' quirks (UTF-8 byte-order
   marks, ``;`` separators, bracketed header names such as ``OriginalImage[Width,Height]`` that the
-  CSV syntax splits into extra columns, trailing commas) and finds columns by name.
+  CSV syntax splits into extra columns, trailing commas) and finds columns by name.  A file that is
+  not UTF-8 (a spreadsheet's Latin-1 export) is read as Latin-1 -- every byte decodes, so no row is
+  lost -- with one :class:`DataWarning` naming the file and the first byte that is not UTF-8.  A
+  header naming one column twice is refused (which of the two to read would be a guess).
+- :func:`inside`: a path read from a dataset file must stay inside the dataset's folder; ``../``
+  or an absolute path is refused with a DataError naming the file and row, so a downloaded CSV
+  cannot make cxrsem read (and train on, or copy into a cache) files elsewhere on the machine.
 - :func:`seeded_order` / :func:`holdout`: deterministic, platform-independent splits.  Each key (a
   patient, or an image where no patient is known) is ordered by ``sha256(f"{seed}:{key}")``, so a
   split depends only on the set of keys and the seed -- never on numpy's RNG, the file order or
@@ -49,6 +55,7 @@ __all__ = [
     "DataWarning",
     "warn_listed",
     "require_file",
+    "inside",
     "read_table",
     "Table",
     "seeded_order",
@@ -179,15 +186,26 @@ def _join_brackets(header: list[str]) -> tuple[list[str], list[int], list[int]]:
     return names, starts, widths
 
 
+_WARNED_ENCODING: set[tuple[str, int]] = set()
+
+
 def read_table(path: Path, *, dataset: str, delimiter: str | None = None) -> Table:
     """Read a whole CSV (UTF-8, BOM tolerated); ``delimiter`` None picks ``;`` or ``,`` from the
     header line.  Blank lines are dropped; short rows are padded with empty strings."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        text = path.read_text(encoding="latin-1")
+        raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"{dataset}: cannot read {path}: {exc}") from None
+        raise DataError(f"{dataset}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        if (str(path), len(raw)) not in _WARNED_ENCODING:  # once, however many splits read it
+            _WARNED_ENCODING.add((str(path), len(raw)))
+            warnings.warn(f"{dataset}: {path} is not UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}); "
+                          "read as Latin-1 (ISO-8859-1) -- re-save it as UTF-8 if names look "
+                          "wrong", DataWarning, stacklevel=2)
+        text = raw.decode("latin-1")
     first = text.split("\n", 1)[0]
     if delimiter is None:
         delimiter = ";" if first.count(";") > first.count(",") else ","
@@ -197,6 +215,12 @@ def read_table(path: Path, *, dataset: str, delimiter: str | None = None) -> Tab
         if header is None:
             raise DataError(f"{dataset}: {path} is empty; expected a header line")
         names, starts, widths = _join_brackets(header)
+        seen: dict[str, str] = {}
+        for column in names:
+            if _norm(column) in seen:
+                raise DataError(f"{dataset}: {path} names the column {column!r} twice; which one to "
+                                "read is ambiguous: rename or remove one")
+            seen[_norm(column)] = column
         rows = []
         for row in reader:
             if not "".join(row).strip():  # blank line, or nothing but separators
@@ -207,6 +231,19 @@ def read_table(path: Path, *, dataset: str, delimiter: str | None = None) -> Tab
     except csv.Error as exc:
         raise DataError(f"{dataset}: {path} is not valid CSV: {exc}") from None
     return Table(path=path, names=names, starts=starts, widths=widths, rows=rows, dataset=dataset)
+
+
+def inside(base: str | Path, path: str | Path, *, dataset: str, source: str | Path, row: str) -> str:
+    """``path`` (a file named by a dataset's own CSV/JSON, already joined to ``base``) as a str,
+    or a DataError when it leaves ``base`` through ``..`` or an absolute path.  The check is on
+    the path as written (normalised, symlinks not resolved: an images/ folder linked to another
+    disk stays inside)."""
+    base_n = os.path.normpath(os.path.abspath(base))
+    path_n = os.path.normpath(os.path.abspath(path))
+    if path_n != base_n and not path_n.startswith(base_n.rstrip(os.sep) + os.sep):
+        raise DataError(f"{dataset}: {source} {row} names {os.fspath(path)!r}, outside the dataset "
+                        f"folder {base_n}; refusing to read files outside it")
+    return os.fspath(path)
 
 
 # ---------------------------------------------------------------------------------------------

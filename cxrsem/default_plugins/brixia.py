@@ -59,6 +59,7 @@ from ._io import (
     fmt,
     holdout,
     index_images,
+    inside,
     read_table,
     require_file,
     split_three,
@@ -142,7 +143,8 @@ def _image_lookup(root: Path, image_dir: str, dataset: str):
 
     def lookup(filename: str) -> str | None:
         for folder in existing:
-            exact = os.path.join(folder, filename)
+            exact = inside(folder, os.path.join(folder, filename), dataset=dataset,
+                           source="its metadata", row=f"Filename {filename!r}")
             if os.path.isfile(exact):
                 return exact
         return by_stem.get(os.path.splitext(filename)[0])

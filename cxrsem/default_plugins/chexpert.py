@@ -42,7 +42,7 @@ from cxrsem.components import DatasetInfo, Option
 from cxrsem.errors import DataError
 from cxrsem.hookspecs import hookimpl
 
-from ._io import TrainingDataset, check_split, fmt, holdout, read_table, warn_listed
+from ._io import TrainingDataset, check_split, fmt, holdout, inside, read_table, warn_listed
 
 CHEXPERT_LABELS = [
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
@@ -184,7 +184,8 @@ def make_chexpert(*, split: str, image_size: int, root: Path, seed: int,
     if projection != "all":
         rows = [i for i in rows if source.projections[i] == projection.upper()]
     resolve = _resolver(root, csv_dir, [source.paths[i] for i in rows])
-    paths = [resolve(source.paths[i]) for i in rows]
+    paths = [inside(root, resolve(source.paths[i]), dataset=name, source=source.path,
+                    row=f"data row {i + 1}") for i in rows]
     present = [os.path.isfile(p) for p in paths]
     problems.append(warn_listed(
         name, f"images listed in {source.path.name} not found on disk, skipped",
@@ -231,7 +232,7 @@ def make_chexpert(*, split: str, image_size: int, root: Path, seed: int,
 
 
 def _count_rows(path: Path) -> int:
-    with open(path, encoding="utf-8-sig") as fh:
+    with open(path, "rb") as fh:  # counting lines needs no decoding (read_table warns about that)
         return max(sum(1 for line in fh if line.strip()) - 1, 0)
 
 

@@ -39,6 +39,7 @@ from cxrsem.hookspecs import hookimpl
 from ._io import (
     ConceptSet,
     fmt,
+    inside,
     paste_mask,
     read_table,
     readable_sizes,
@@ -152,7 +153,8 @@ def make_covid_seg(*, image_size: int, mask_size: int, root: Path, seed: int, li
         except ValueError:
             bad_rows.append(f"row {row[0].strip() or '?'} ({filename}, {concept})")
             continue
-        mask_path = root / row[c_mask].strip()
+        mask_path = Path(inside(root, root / row[c_mask].strip(), dataset=name, source=structure,
+                                row=f"row {row[0].strip() or '?'}"))
         try:
             with Image.open(mask_path) as im:
                 if im.size != (width, height):
@@ -172,7 +174,8 @@ def make_covid_seg(*, image_size: int, mask_size: int, root: Path, seed: int, li
                     size_mismatch),
     ]
     names = sorted(per_image)
-    image_paths = [root / "images" / n for n in names]
+    image_paths = [Path(inside(root / "images", root / "images" / n, dataset=name, source=structure,
+                               row=f"Filename {n!r}")) for n in names]
     missing = [n for n, p in zip(names, image_paths, strict=True) if not p.is_file()]
     problems.append(warn_listed(name, "annotated images not found in images/, skipped", missing))
     keep = [i for i, p in enumerate(image_paths) if p.is_file()]

@@ -346,7 +346,7 @@ def make_nih_bbox(*, image_size: int, mask_size: int, root: Path, seed: int,
     entries = None
     for candidate in ENTRY_FILES:
         if (root / candidate).is_file():
-            with open(root / candidate, encoding="utf-8-sig") as fh:
+            with open(root / candidate, "rb") as fh:  # counting lines needs no decoding
                 entries = max(sum(1 for line in fh if line.strip()) - 1, 0)
             break
     n_boxes = sum(len(by_image[n]) for n in names)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from cxrsem.api import create_concept_set
-from cxrsem.errors import DataError
+from cxrsem.errors import DataError, UsageError
+from cxrsem.plugins import unknown_name_message
 
 
 @dataclass
@@ -118,6 +119,10 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
         sets.append((name, ds))
     counts = Counter(c for _, ds in sets for c in dict.fromkeys(ds.concepts))
     concept_map = dict(concept_map or {})
+    qualified_names = [f"{name}/{concept}" for name, ds in sets for concept in ds.concepts]
+    for key in concept_map:
+        if key not in qualified_names:  # a typo would silently merge nothing
+            raise UsageError(f"--map-concept {key}: {unknown_name_message('concept', key, qualified_names)}")
     concepts: list[str] = []
     channel_maps: list[list[int]] = []
     for name, ds in sets:

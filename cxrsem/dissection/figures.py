@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from cxrsem.dissection.tally import unit_masks as unit_masks_at  # noqa: E402
 from cxrsem.outputs import write_bytes  # noqa: E402
+from cxrsem.textsafe import mpl_literal  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -33,10 +34,10 @@ def summary_figure(path: Path, record: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(names) + 2), 3.6))
     bars = ax.bar(range(len(names)), counts, color="#3b7dd8")
     ax.bar_label(bars, fontsize=8)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), [mpl_literal(n) for n in names], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("detector units")
     ax.set_title(f"{record['num_detectors']} detectors ({record['unique_concepts']} concepts) in "
-                 f"{record['layer']} — IoU > {record['settings']['iou_threshold']}", fontsize=9)
+                 f"{mpl_literal(record['layer'])} — IoU > {record['settings']['iou_threshold']}", fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
     return save_figure(fig, path)
 
@@ -68,6 +69,6 @@ def unit_figure(path: Path, result, layer, unit: dict[str, Any], settings) -> Pa
         if label.any():
             ax.contour(label, levels=[0.5], colors=["#2fd16b"], linewidths=1.0)
         ax.set_axis_off()
-    fig.suptitle(f"unit {unit['unit']} — {unit['concept']} (IoU {unit['iou']:.3f}); "
+    fig.suptitle(f"unit {unit['unit']} — {mpl_literal(unit['concept'])} (IoU {unit['iou']:.3f}); "
                  f"red: unit mask, green: annotation", fontsize=8)
     return save_figure(fig, path)

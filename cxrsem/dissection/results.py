@@ -4,6 +4,11 @@
 (the file contract, its writer and reader: :mod:`cxrsem.formats.dissection`),
 ``units/unit-NNNN.png`` for every detector (Fig. 3), ``summary.png`` (Fig. 2 for one model),
 ``config.toml`` and ``manifest.json``.
+
+A layer's files are one set: written into a hidden sibling folder and swapped in whole
+(:func:`cxrsem.outputs.staged_folder`), listed in ``dissection.json`` (``files``), and owned by one
+process while it is written (:class:`cxrsem.outputs.FolderLock`, ``.<layer>.lock`` next to it).
+Folder names come from :func:`cxrsem.outputs.safe_name`: they stay inside ``--out``.
 """
 
 from __future__ import annotations
@@ -13,22 +18,59 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxrsem.formats.dissection import layer_record, write_record, write_tables
-from cxrsem.outputs import write_config, write_manifest
+from cxrsem.outputs import (
+    FolderLock,
+    folder_files,
+    safe_name,
+    staged_folder,
+    write_config,
+    write_manifest,
+)
 
 
 def model_folder_names(paths: Sequence[Path]) -> dict[Path, str]:
     """Folder per model: its file stem, or ``<parent>-<stem>`` when stems collide (``xrv:NAME``
-    from a model source becomes ``xrv-NAME``)."""
+    from a model source becomes ``xrv-NAME``); always one safe path component
+    (:func:`~cxrsem.outputs.safe_name`: ``...pt`` gives ``__``, never ``..``), distinct per model."""
     stems = Counter(p.stem for p in paths)
     names = {p: (f"{p.parent.name}-{p.stem}" if stems[p.stem] > 1 else p.stem) for p in paths}
-    return {p: name.replace(":", "-") for p, name in names.items()}
+    folders: dict[Path, str] = {}
+    used: set[str] = set()
+    for p, name in names.items():
+        base = safe_name(name.replace(":", "-"))
+        unique, n = base, 1
+        while unique.lower() in used:
+            n += 1
+            unique = f"{base}-{n}"
+        used.add(unique.lower())
+        folders[p] = unique
+    return folders
+
+
+def layer_folder(model_dir: Path, layer: str) -> Path:
+    return Path(model_dir) / safe_name(layer)
+
+
+def layer_lock(model_dir: Path, layer: str) -> FolderLock:
+    """The lock of one layer's result folder (hold it from before the model pass to the swap)."""
+    folder = layer_folder(model_dir, layer)
+    return FolderLock(folder, what=f"dissection result {folder}")
 
 
 def write_layer_results(model_dir: Path, result, layer, settings, *, concepts: Sequence[str],
                         seed: int, device: str, figures: bool = True) -> Path:
+    """Write one layer's result set and swap it in as a whole (hold :func:`layer_lock`)."""
+    final = layer_folder(model_dir, layer.layer)
+    with staged_folder(final) as staging:
+        _write_set(staging, result, layer, settings, concepts=concepts, seed=seed, device=device,
+                   figures=figures)
+    return final
+
+
+def _write_set(folder: Path, result, layer, settings, *, concepts: Sequence[str], seed: int,
+               device: str, figures: bool) -> None:
     from cxrsem.dissection.figures import summary_figure, unit_figure
 
-    folder = model_dir / layer.layer
     record = layer_record(result, layer, settings)
     write_tables(folder, record)
     if figures:
@@ -43,5 +85,5 @@ def write_layer_results(model_dir: Path, result, layer, settings, *, concepts: S
         "iou_threshold": settings.iou_threshold, "seg_size": settings.seg_size,
         "limit": settings.limit, "batch_size": settings.batch_size, "seed": seed}})
     write_manifest(folder, seed=seed, device=device)
+    record["files"] = folder_files(folder)  # what belongs to this result, dissection.json aside
     write_record(folder, record)  # last: its presence means the folder is complete
-    return folder

@@ -5,14 +5,19 @@ the concept masks; (2) a read of the cache gives each unit's exact threshold T_k
 its activation values over the dissection set); (3) a second read tallies Eq. 5's IoU sums with the
 sparse matrix-product scheme of :mod:`cxrsem.dissection.tally`.  Results are written per model and
 layer (see :mod:`cxrsem.dissection.results`).
+
+While a model is dissected its result folders and its cache entry are locked (a second process
+fails at once, naming the first); a cache entry that is truncated or holds NaN is recomputed with a
+warning, and a model whose layer gives non-finite activations is refused.
 """
 
 from __future__ import annotations
 
 import glob
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,18 +26,24 @@ import numpy as np
 import torch
 
 from cxrsem.checkpoint import build_model, load_model, source_prefix, state_dict_sha256
-from cxrsem.dissection.cache import DissectionCache, cache_key
+from cxrsem.dissection.cache import DamagedCache, DissectionCache, cache_key, sweep
 from cxrsem.dissection.concepts import ConceptSource, build_concept_source
 from cxrsem.dissection.quantile import StreamingTopQuantile
+from cxrsem.dissection.results import (
+    layer_folder,
+    layer_lock,
+    model_folder_names,
+    write_layer_results,
+)
 from cxrsem.dissection.tally import IoUTally
 from cxrsem.dissection.topimages import TOP_IMAGES, TopImages
 from cxrsem.engine.device import resolve_device
 from cxrsem.engine.layers import resolve_layers
 from cxrsem.engine.preprocess import InputSpec
 from cxrsem.engine.runner import run_model
-from cxrsem.errors import UsageError
+from cxrsem.errors import DataError, UsageError
 from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
-from cxrsem.outputs import ensure_output_dir
+from cxrsem.outputs import output_dir, recover_staged
 
 Progress = Callable[..., None]
 
@@ -59,6 +70,9 @@ class DissectSettings:
             raise UsageError("--limit and --quantile-sample must be 0 (all) or positive")
         if self.cache_dtype not in ("float32", "float16"):
             raise UsageError(f"cache dtype must be float32 or float16, got {self.cache_dtype!r}")
+        from cxrsem.engine.memory import check_dissection  # refuse what cannot fit
+
+        check_dissection(self.seg_size, self.batch_size)
 
 
 @dataclass
@@ -100,11 +114,13 @@ class ModelDissection:
 
 
 def expand_models(patterns: Sequence[str | Path]) -> list[Path]:
-    """Model paths from paths or globs (``RUN/epoch-*.pt``), sorted, without duplicates."""
+    """Model paths from paths or globs (``RUN/epoch-*.pt``), sorted, without duplicates.  An
+    existing file wins over a glob (``run[1].pt`` is that file when it exists)."""
     found: list[Path] = []
     for pattern in patterns:
         text = str(pattern)
-        globbed = any(ch in text for ch in "*?[") and source_prefix(text) is None
+        globbed = (any(ch in text for ch in "*?[") and source_prefix(text) is None
+                   and not Path(text).exists())
         matches = sorted(glob.glob(text)) if globbed else [text]
         if not matches:
             raise UsageError(f"--model {text!r} matches no file")
@@ -114,12 +130,23 @@ def expand_models(patterns: Sequence[str | Path]) -> list[Path]:
 
 def _forward_into_cache(model: torch.nn.Module, layers: list[str], source: ConceptSource,
                         cache: DissectionCache, settings: DissectSettings, device: torch.device,
-                        spec: InputSpec, progress: Progress) -> dict[str, Any]:
-    """Pass 1: one forward pass per image, every layer captured into the cache with the masks."""
-    cache.reset()
+                        spec: InputSpec, progress: Progress, model_name: str = "the model"
+                        ) -> dict[str, Any]:
+    """Pass 1: one forward pass per image, every layer captured into the cache with the masks;
+    the entry replaces the old one only when complete."""
+    with cache.writing() as folder:
+        return _forward_into(folder, model, layers, source, cache, settings, device, spec,
+                             progress, model_name)
+
+
+def _forward_into(folder: Path, model: torch.nn.Module, layers: list[str], source: ConceptSource,
+                  cache: DissectionCache, settings: DissectSettings, device: torch.device,
+                  spec: InputSpec, progress: Progress, model_name: str) -> dict[str, Any]:
     count = len(source)
     stores: dict[str, Any] = {}
-    masks_store = cache.mask_store((len(source.concepts), settings.seg_size, settings.seg_size))
+    masks_store = cache.mask_store((len(source.concepts), settings.seg_size, settings.seg_size),
+                                   folder)
+    done = 0
     activation_min = {layer: float("inf") for layer in layers}
     progress("phase", name="forward", total=count)
     batches = (source.batch(list(range(start, min(start + settings.batch_size, count))))
@@ -127,22 +154,29 @@ def _forward_into_cache(model: torch.nn.Module, layers: list[str], source: Conce
     try:
         with closing(run_model(model, spec, batches, device=device, layers=layers)) as passes:
             for step in passes:
+                n = step.inputs.shape[0]
                 for layer in layers:
                     output = step.activations[layer].float()
+                    if not bool(torch.isfinite(output).all()):
+                        raise DataError(
+                            f"layer {layer!r} of {model_name} gives non-finite activations (NaN "
+                            f"or inf) on images {done}..{done + n - 1}; check the checkpoint's "
+                            f"weights and the images")
                     if layer not in stores:
                         stores[layer] = cache.layer_store(layer, tuple(output.shape[1:]),
-                                                          settings.cache_dtype)
+                                                          settings.cache_dtype, folder)
                     stores[layer].append(output.cpu().numpy())
                     activation_min[layer] = min(activation_min[layer], float(output.min()))
                 masks_store.append(step.batch["masks"].numpy())
-                progress("advance", amount=step.inputs.shape[0])
+                done += n
+                progress("advance", amount=n)
     finally:
         for store in stores.values():
             store.close()
         masks_store.close()
     info = {"count": count, "shapes": {layer: list(stores[layer].record_shape) for layer in layers},
             "activation_min": activation_min, "dtype": settings.cache_dtype}
-    cache.finish(info)
+    cache.finish(info, folder)
     return info
 
 
@@ -179,12 +213,18 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
 def dissect_model(model_path: Path, layer_names: Sequence[str],
                   source_factory: Callable[[int], ConceptSource],
                   settings: DissectSettings, device: torch.device, cache_root: Path,
-                  progress: Progress) -> ModelDissection:
+                  progress: Progress, locks: ExitStack | None = None,
+                  lock_layers: Callable[[list[str]], None] | None = None) -> ModelDissection:
+    """One model's dissection.  ``lock_layers(layers)`` is called with the resolved layer names
+    before any expensive work (to lock their result folders); the cache entry's lock is entered
+    on ``locks`` (held until the caller has written the figures, which read the cache)."""
     checkpoint = load_model(str(model_path))
     model = build_model(checkpoint, source=model_path).to(device)
     spec = InputSpec.from_checkpoint(checkpoint)
     image_size = spec.size
     layers = resolve_layers(model, layer_names, image_size, spec.channels)
+    if lock_layers is not None:
+        lock_layers(layers)
     source = source_factory(image_size)
     sha = state_dict_sha256(checkpoint["state_dict"])
 
@@ -197,20 +237,53 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
                    "input": {"channels": spec.channels,
                              "normalization": {k: list(v) for k, v in spec.normalization.items()}}}
     cache = DissectionCache(cache_root, cache_key(description), description)
-    started = time.perf_counter()
-    reused = settings.use_cache and cache.is_complete()
-    if reused:
-        info = cache.meta()
-        progress("note", message=f"reusing the activation cache {cache.dir}")
-    else:
-        info = _forward_into_cache(model, layers, source, cache, settings, device, spec, progress)
-    result = ModelDissection(model_path, sha, checkpoint, source, cache, info["dtype"],
-                             cache_reused=reused)
-    result.timings["forward_and_cache"] = time.perf_counter() - started
+    if locks is not None:
+        locks.enter_context(cache.lock())
+        cache.recover()
+        sweep(cache_root)
+    mask_shape = (len(source.concepts), settings.seg_size, settings.seg_size)
+    use_cache = settings.use_cache
+    while True:
+        started = time.perf_counter()
+        reused = use_cache and cache.is_complete()
+        if reused:
+            info = cache.meta()
+            problem = cache.problem(info, mask_shape)
+            if problem is not None:
+                _damaged(cache, problem)
+                reused = False
+            else:
+                progress("note", message=f"reusing the activation cache {cache.dir}")
+        if not reused:
+            info = _forward_into_cache(model, layers, source, cache, settings, device, spec,
+                                       progress, model_name=str(model_path))
+        result = ModelDissection(model_path, sha, checkpoint, source, cache, info["dtype"],
+                                 cache_reused=reused)
+        result.timings["forward_and_cache"] = time.perf_counter() - started
+        try:
+            _dissect_layers(result, layers, info, source, settings, device, mask_shape, progress)
+        except DamagedCache as exc:
+            if not reused:  # just written and checked: the disk lies
+                raise DataError(f"the activation cache {cache.dir} was damaged while it was "
+                                f"read ({exc})") from None
+            _damaged(cache, str(exc))
+            use_cache = False
+            continue
+        return result
 
+
+def _damaged(cache: DissectionCache, problem: str) -> None:
+    warnings.warn(f"the activation cache {cache.dir} is damaged ({problem}); recomputing it",
+                  stacklevel=3)
+
+
+def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, Any],
+                    source: ConceptSource, settings: DissectSettings, device: torch.device,
+                    mask_shape: tuple[int, ...], progress: Progress) -> None:
+    cache = result.cache
     count = info["count"]
     sample = min(settings.quantile_sample or count, count)
-    masks_store = cache.mask_store((len(source.concepts), settings.seg_size, settings.seg_size))
+    masks_store = cache.mask_store(mask_shape)
     for layer in layers:
         store = cache.layer_store(layer, tuple(info["shapes"][layer]), info["dtype"])
         started = time.perf_counter()
@@ -228,7 +301,6 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
             top_values=top_values, activation_min=info["activation_min"][layer],
             feature_shape=tuple(info["shapes"][layer]), threshold_images=sample,
             upsampled_fraction=tally.upsampled_pairs / max(tally.total_pairs, 1)))
-    return result
 
 
 def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | Path,
@@ -245,9 +317,12 @@ def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | P
     ``"off"`` = decode every image).
 
     Writes ``out/<model-stem>/<layer>/`` per model and layer (see :mod:`.results`) and returns the
-    in-memory results.  Paper Sec. 2.2, Eq. 5.
+    in-memory results.  Each layer's folder is replaced as a whole, and only once it is complete;
+    another process dissecting into the same folder (or filling the same activation cache) makes
+    this call fail at once with a :class:`~cxrsem.outputs.LockedError` naming it.  When the call
+    fails before anything was written, an ``out`` folder it created is removed again.
+    Paper Sec. 2.2, Eq. 5.
     """
-    from cxrsem.dissection.results import model_folder_names, write_layer_results
 
     settings = settings or DissectSettings()
     settings.validate()
@@ -255,7 +330,13 @@ def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | P
     if not layers:
         raise UsageError("give at least one --layer")
     model_paths = expand_models(models)
-    out = ensure_output_dir(out)
+    with output_dir(out) as out:
+        return _dissect_all(model_paths, layers, out, concepts, concept_options, concept_map,
+                            data_roots, settings, device, seed, figures, image_cache, progress)
+
+
+def _dissect_all(model_paths, layers, out, concepts, concept_options, concept_map, data_roots,
+                 settings, device, seed, figures, image_cache, progress) -> list[ModelDissection]:
     resolved_device = resolve_device(device)
     sources: dict[int, ConceptSource] = {}
 
@@ -271,11 +352,19 @@ def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | P
     folders = model_folder_names(model_paths)
     for model_path in model_paths:
         progress("model", path=str(model_path))
-        result = dissect_model(model_path, layers, source_for, settings, resolved_device,
-                               out / ".cache", progress)
-        for layer_result in result.layers:
-            write_layer_results(out / folders[model_path], result, layer_result, settings,
-                                concepts=concepts, seed=seed, device=str(resolved_device),
-                                figures=figures)
+        model_dir = out / folders[model_path]
+        with ExitStack() as locks:
+            def lock_layers(names: list[str], model_dir: Path = model_dir,
+                            locks: ExitStack = locks) -> None:
+                for name in names:
+                    locks.enter_context(layer_lock(model_dir, name))
+                    recover_staged(layer_folder(model_dir, name))
+
+            result = dissect_model(model_path, layers, source_for, settings, resolved_device,
+                                   out / ".cache", progress, locks=locks, lock_layers=lock_layers)
+            for layer_result in result.layers:
+                write_layer_results(model_dir, result, layer_result, settings,
+                                    concepts=concepts, seed=seed, device=str(resolved_device),
+                                    figures=figures)
         results.append(result)
     return results

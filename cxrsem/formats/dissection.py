@@ -10,7 +10,9 @@ units and by ``report``).
   interpolation, mask rule), model identity (path, sha256 of the state dict), the model's training
   info, layer (feature shape, whether activations are non-negative), concept sets with per-concept
   image counts, one row per unit (threshold T_k, best concept, its IoU, detector flag, the full IoU
-  row, top images) and detector counts per concept;
+  row, top images) and detector counts per concept, and ``files``: every other file of the
+  result set (POSIX paths relative to the folder, sorted; readers use only listed files when the
+  list is there, and every file when it is absent, as in older results);
 - ``units.csv`` (one row per unit), ``detectors.csv`` (concept, count).
 
 A unit is *labelled* with its best concept when the dissection calls it a detector (``detector``;
@@ -308,7 +310,9 @@ def load_dissection(path: str | Path, *, layer: str, sha256: str, num_units: int
     """
     path = Path(path)
     if path.is_dir():
-        found = sorted(path.rglob("dissection.json"))
+        # Hidden folders hold activation caches and result sets being written or replaced.
+        found = sorted(p for p in path.rglob("dissection.json")
+                       if not any(part.startswith(".") for part in p.relative_to(path).parts[:-1]))
         if not found:
             raise UsageError(f"no dissection.json under {path}")
         seen = []

@@ -74,12 +74,33 @@ class Dissection:
     def num_units(self) -> int:
         return self.result.num_units or len(self.units)
 
-    def unit_figure(self, unit: int) -> Path | None:
-        path = self.folder / "units" / f"unit-{unit:04d}.png"
+    @property
+    def files(self) -> set[str] | None:
+        """The files ``dissection.json`` says belong to it (None: an older result without the
+        list, whose every file is taken as its own)."""
+        listed = self.data.get("files")
+        if not isinstance(listed, list):
+            return None
+        return {str(name) for name in listed}
+
+    def own_file(self, name: str) -> Path | None:
+        """``folder / name`` when it exists and belongs to this result (a file another run left
+        in the folder is not shown as this model's)."""
+        listed = self.files
+        if listed is not None and name not in listed:
+            return None
+        path = self.folder / name
         return path if path.is_file() else None
 
+    def unit_figure(self, unit: int) -> Path | None:
+        return self.own_file(f"units/unit-{unit:04d}.png")
+
+    def summary_figure(self) -> Path | None:
+        return self.own_file("summary.png")
+
     def manifest(self) -> dict[str, Any]:
-        return _read_json_quietly(self.folder / "manifest.json")
+        path = self.own_file("manifest.json")
+        return _read_json_quietly(path) if path is not None else {}
 
     def run_config(self) -> dict[str, Any]:
         """The training run's resolved ``config.toml`` next to the checkpoint, when it is there."""

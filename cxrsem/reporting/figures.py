@@ -10,19 +10,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxrsem.reporting.aggregate import ModelCounts, RunSeries
+from cxrsem.textsafe import mpl_text
 
 DPI = 110
 # tab10 first: neighbouring concepts get clearly different colours; then tab20's light shades.
 _PALETTES = (("tab10", range(10)), ("tab20", range(1, 20, 2)), ("tab20b", range(20)), ("tab20c", range(20)))
-
-
-def mpl_text(text: str, limit: int = 48) -> str:
-    """Names from plugins and files shown literally: ``$`` would start mathtext, and very long
-    names would squeeze the axes."""
-    text = " ".join(str(text).split())
-    if len(text) > limit:
-        text = text[:limit - 1] + "…"
-    return text.replace("\\", "\\\\").replace("$", r"\$")
 
 
 def concept_colors(concepts: Sequence[str]) -> dict[str, str]:

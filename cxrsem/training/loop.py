@@ -5,12 +5,28 @@ stopping with patience, one checkpoint per epoch including ``epoch-000.pt`` (the
 the paper compares trained models against), ``best.pt``, ``last.pt`` (with optimizer, scheduler and
 RNG states so ``--resume`` continues bit-identically on CPU) and ``metrics.jsonl``.  Mixed precision
 and ``channels_last`` on CUDA.
+
+Nothing lost, nothing mixed:
+
+- a run folder holds one run: ``--out`` must be new or empty; a folder holding an earlier run is
+  refused unless ``overwrite`` (which removes that run's files, and only those); a folder holding
+  anything else is always refused.  Temporaries of killed atomic writes are removed when a run
+  starts or resumes.
+- only finite states are kept: a non-finite batch loss, non-finite weights or validation outputs,
+  or a diverged epoch (mean training loss above ``DIVERGENCE_FACTOR`` x max(1, the initial
+  model's loss on the first batch)) stops training with :class:`TrainingError` before that epoch
+  is written, naming the last good checkpoint.
+- Ctrl-C raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``; the CLI exits 130) naming
+  the last good checkpoint.
+- ``resume`` changes nothing but the number of epochs (never fewer than already run) and the
+  device.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,12 +42,34 @@ from cxrsem.engine.device import autocast, resolve_device
 from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, InputSpec
 from cxrsem.engine.runner import run_model
 from cxrsem.errors import ConfigError, DataError, TrainingError, UsageError
-from cxrsem.outputs import ensure_output_dir, toml_ready, write_config, write_manifest, write_text
+from cxrsem.outputs import (
+    atomic_temp_target,
+    output_dir,
+    toml_ready,
+    write_config,
+    write_manifest,
+    write_text,
+)
 from cxrsem.tasks import head_size
 from cxrsem.training.init import initialise
 from cxrsem.training.metrics import compute_metrics, primary_metric
 
 Progress = Callable[..., None]
+
+# An epoch whose mean training loss exceeds this many times max(1, the initial model's loss on the
+# first batch) has diverged: no sensible run gets there (a --lr 1e6 run reaches 1e13 in one epoch),
+# and the scale floor of 1 keeps a near-zero initial loss from stopping a healthy run.
+DIVERGENCE_FACTOR = 1e4
+
+# The files a run writes into its folder: nothing else is ever removed by --overwrite.
+_RUN_FILE = re.compile(r"^(epoch-\d{3,}\.pt|best\.pt|last\.pt|metrics\.jsonl|config\.toml|manifest\.json)$")
+
+
+class TrainingInterrupted(TrainingError, KeyboardInterrupt):
+    """Ctrl-C during training; the message names the last good checkpoint.  Still a
+    ``KeyboardInterrupt`` for Python callers; the CLI exits 130."""
+
+    exit_code = 130
 
 TASK_WORDS = {
     "multilabel": "multi-label classes",
@@ -65,12 +103,14 @@ class TrainConfig:
     arch_options: dict[str, Any] = field(default_factory=dict)
     data_roots: dict[str, str] = field(default_factory=dict)
     image_cache: str | None = None  # where `cxrsem prepare` stored images (None = default, "off")
+    overwrite: bool = False  # replace an earlier run in `out` (only its files); else refused
 
     def validate(self) -> None:
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0, "--lr must be positive"),
+            (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0,
+             f"--lr must be a positive finite number, got {self.lr}"),
             (self.image_size >= 32, "--image-size must be at least 32"),
             (self.patience >= 1, "--patience must be at least 1"),
             (self.save_every >= 1, "--save-every must be at least 1"),
@@ -79,10 +119,14 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        from cxrsem.engine.memory import check_training  # refuse what cannot fit
+
+        check_training(self.image_size, self.batch_size)
 
     def as_toml(self) -> dict[str, Any]:
         """The resolved config in the layout of a config file (see :mod:`cxrsem.config`)."""
         data = asdict(self)
+        data.pop("overwrite")  # how the folder was prepared, not how the model was trained
         components = {
             "dataset": data.pop("dataset_options"),
             "loss": data.pop("loss_options"),
@@ -134,7 +178,9 @@ class _Run:
         self.progress = progress or (lambda event, **info: None)
         self.notes: list[str] = []
         self.device = resolve_device(config.device)
-        self.out = ensure_output_dir(config.out)
+        self.out = Path(config.out)
+        self.last_good: tuple[Path, int] | None = None  # (last.pt, its epoch) once written
+        self.initial_loss: float | None = None  # the initial model's loss on the first batch
 
     def note(self, message: str) -> None:
         self.notes.append(message)
@@ -215,10 +261,10 @@ class _Run:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "history": json.dumps(self.history),
+            "initial_loss": self.initial_loss,
         }
 
-    def restore(self, run_dir: Path) -> None:
-        last = load_checkpoint(run_dir / "last.pt")
+    def restore(self, run_dir: Path, last: dict[str, Any]) -> None:
         state = last.get("resume")
         if state is None:
             raise TrainingError(f"{run_dir / 'last.pt'} holds no resume state")
@@ -232,7 +278,27 @@ class _Run:
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
         self.history = json.loads(state["history"])
+        initial = state.get("initial_loss")
+        if initial is None and self.history:  # runs written before initial_loss was recorded
+            initial = self.history[0].get("train_loss")
+        self.initial_loss = None if initial is None else float(initial)
+        self.last_good = (run_dir / "last.pt", self.epoch)
         self.note(f"resumed {run_dir} after epoch {self.epoch}")
+
+    def good_checkpoint(self) -> str:
+        """Where the last good state is, for messages that stop a run."""
+        if self.last_good is None:
+            return "no checkpoint written yet"
+        path, epoch = self.last_good
+        return f"last good checkpoint: {path} (epoch {epoch})"
+
+    def diverged(self, why: str) -> TrainingError:
+        return TrainingError(f"{why}; stopped, {self.good_checkpoint()} (try a lower --lr)")
+
+    def check_finite_weights(self) -> None:
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise self.diverged(f"weight {name} became non-finite at epoch {self.epoch}")
 
     def save_epoch(self, metrics: dict[str, Any], improved: bool) -> None:
         c = self.config
@@ -242,6 +308,7 @@ class _Run:
         if improved:
             save_checkpoint(self.out / "best.pt", checkpoint)
         save_checkpoint(self.out / "last.pt", {**checkpoint, "resume": self.resume_state()})
+        self.last_good = (self.out / "last.pt", self.epoch)
         lines = "".join(json.dumps(h, allow_nan=False) + "\n" for h in self.history)
         write_text(self.out / "metrics.jsonl", lines)
 
@@ -263,9 +330,9 @@ class _Run:
                 logits = self.model(images)
             loss = self.loss_fn(logits.float(), targets, mask)
             if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at epoch {self.epoch}, batch {index}; stopped, the "
-                    f"checkpoints of epoch {self.epoch - 1} are kept (try a lower --lr)")
+                raise self.diverged(f"loss became {loss.item()} at epoch {self.epoch}, batch {index}")
+            if self.initial_loss is None:
+                self.initial_loss = loss.item()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -290,9 +357,13 @@ class _Run:
                 masks.append(batch["target_masks"][self.task].cpu())
         all_logits, all_targets = torch.cat(logits), torch.cat(targets)
         all_masks = torch.cat(masks) if masks else None
+        if not bool(torch.isfinite(all_logits).all()):
+            raise self.diverged(f"validation outputs became non-finite at epoch {self.epoch}")
         metrics = compute_metrics(self.task, all_logits, all_targets, self.output_names, all_masks)
         val_loss = self.loss_fn(all_logits, all_targets, all_masks).item()
-        metrics["val_loss"] = val_loss if math.isfinite(val_loss) else None
+        if not math.isfinite(val_loss):
+            raise self.diverged(f"validation loss became {val_loss} at epoch {self.epoch}")
+        metrics["val_loss"] = val_loss
         if self.task in ("global-score", "zones"):
             # The bar a regression model must clear: always predicting the training mean.
             metrics["mae_mean_predictor"] = float(
@@ -304,17 +375,22 @@ class _Run:
             return True
         return value > self.best_value if self.metric_mode == "max" else value < self.best_value
 
-    def run(self, resume_dir: Path | None) -> TrainResult:
+    def run(self, resumed: bool) -> TrainResult:
         c = self.config
-        if resume_dir is not None:
-            self.restore(resume_dir)
-        else:
+        if not resumed:
             self.history = []
+            self.check_finite_weights()
             self.save_epoch({}, improved=False)  # epoch-000.pt: the initial model
         stopped_early = False
         while self.epoch < c.epochs:
             self.epoch += 1
             train_loss = self.train_epoch()
+            if self.initial_loss is not None and \
+                    train_loss > DIVERGENCE_FACTOR * max(1.0, abs(self.initial_loss)):
+                raise self.diverged(
+                    f"training diverged at epoch {self.epoch}: mean train loss {train_loss:.3g} is "
+                    f"over {DIVERGENCE_FACTOR:.0e} x max(1, initial loss {self.initial_loss:.3g})")
+            self.check_finite_weights()
             metrics = self.validate()
             value = metrics.get(self.metric_name)
             if value is None:
@@ -354,25 +430,87 @@ def _finite(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
-    """Train one model as configured; see the module docstring for what is written where."""
-    config.validate()
-    run = _Run(config, progress)
+def _run_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(files of a run, temporaries of its killed atomic writes, anything else) in ``folder``."""
+    own, temporaries, foreign = [], [], []
+    for path in sorted(folder.iterdir()):
+        target = atomic_temp_target(path.name)
+        if path.is_file() and not path.is_symlink() and target is not None and _RUN_FILE.match(target):
+            temporaries.append(path)
+        elif path.is_file() and not path.is_symlink() and _RUN_FILE.match(path.name):
+            own.append(path)
+        else:
+            foreign.append(path)
+    return own, temporaries, foreign
+
+
+def _check_run_folder(out: Path, overwrite: bool) -> list[Path]:
+    """Refuse an ``--out`` that would mix two runs or lose a user's files; the files to remove
+    before this run writes (stale temporaries, and with ``overwrite`` the previous run)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {str(out)!r} exists and is a file")
+    if not out.is_dir():
+        return []
+    own, temporaries, foreign = _run_files(out)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UsageError(
+            f"--out {out} is not empty and not a cxrsem run folder (it holds {foreign[0].name!r}{more}); "
+            f"choose a new or empty folder (--overwrite only replaces a previous run's files)")
+    if own and not overwrite:
+        raise UsageError(f"--out {out} already holds a training run; continue it with --resume {out} "
+                         f"or replace it with --overwrite")
+    return temporaries + own
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _guarded(run: _Run, body: Callable[[], TrainResult]) -> TrainResult:
+    """Ctrl-C and CUDA out-of-memory as errors that say where the run stands."""
     try:
-        run.build()
-        write_config(run.out, config.as_toml())
-        write_manifest(run.out, seed=config.seed, device=str(run.device))
-        return run.run(resume_dir=None)
+        return body()
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted; {run.good_checkpoint()}") from None
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(
-            f"out of memory on {run.device} with --batch-size {config.batch_size}; lower it") from None
+            f"out of memory on {run.device} with --batch-size {run.config.batch_size}; lower it; "
+            f"{run.good_checkpoint()}") from None
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Train one model as configured; see the module docstring for what is written where.
+
+    ``config.out`` must be new, empty, or (with ``config.overwrite``) hold an earlier run, whose
+    files are removed once the new run is ready to write; a folder this call created is removed
+    again when the run fails before writing anything into it.
+    """
+    config.validate()
+    out = Path(config.out)
+    to_remove = _check_run_folder(out, config.overwrite)
+    run = _Run(config, progress)
+
+    def body() -> TrainResult:
+        run.build()
+        with output_dir(out):
+            _remove(to_remove)  # only now: a run that fails to build leaves the old one whole
+            write_config(out, config.as_toml())
+            write_manifest(out, seed=config.seed, device=str(run.device))
+            return run.run(resumed=False)
+
+    return _guarded(run, body)
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = None,
            progress: Progress | None = None) -> TrainResult:
     """Continue an interrupted run from ``RUN_DIR/last.pt`` with its saved config.
 
-    ``epochs`` may extend the run; nothing else may change, so the result is the one an
+    ``epochs`` may extend the run (never below the epochs already run; the recorded config says
+    the new total); ``device`` may move it; nothing else may change, so the result is the one an
     uninterrupted run would have given.
     """
     import tomllib
@@ -385,13 +523,25 @@ def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = 
         config = TrainConfig.from_toml(tomllib.loads(config_path.read_text()))
     except (tomllib.TOMLDecodeError, TypeError) as exc:
         raise ConfigError(f"cannot resume from {config_path}: {exc}") from None
+    last = load_checkpoint(run_dir / "last.pt")
+    done = int(last.get("train", {}).get("epoch", 0))
+    if epochs is not None and epochs < done:
+        raise UsageError(f"--epochs {epochs}: {run_dir} has already run {done} epochs; "
+                         f"--resume can only keep or extend a run (--epochs {done} or more)")
     config.out = str(run_dir)
     if epochs is not None:
         config.epochs = epochs
     if device is not None:
         config.device = device
     config.validate()
+    _, temporaries, _ = _run_files(run_dir)
+    _remove(temporaries)
     run = _Run(config, progress)
-    run.build()
-    write_config(run.out, config.as_toml())
-    return run.run(resume_dir=run_dir)
+
+    def body() -> TrainResult:
+        run.build()
+        run.restore(run_dir, last)
+        write_config(run_dir, config.as_toml())
+        return run.run(resumed=True)
+
+    return _guarded(run, body)
