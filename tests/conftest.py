@@ -35,6 +35,22 @@ def _fresh_registry(monkeypatch):
 
 
 @pytest.fixture
+def captured_train(monkeypatch, tmp_path):
+    """Patch the library call behind ``cxrsem train``: the ``TrainConfig`` the command hands it
+    lands in ``captured_train["config"]`` (fastapi-cli's style of CLI test)."""
+    from cxrsem.training import TrainResult
+
+    seen: dict = {}
+
+    def fake_train(config, progress=None):
+        seen["config"] = config
+        return TrainResult(tmp_path, 1, 1, ("auroc_mean", 0.5), [], False, [])
+
+    monkeypatch.setattr("cxrsem.cli.train.train", fake_train)
+    return seen
+
+
+@pytest.fixture
 def install_distribution(tmp_path, monkeypatch):
     """Install a throwaway distribution with a ``cxrsem`` entry point, visible to importlib.metadata.
 

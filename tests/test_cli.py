@@ -74,16 +74,9 @@ def test_invalid_toml_and_unknown_keys(tmp_path, capsys):
     assert code == 2 and "cannot read config" in err
 
 
-def test_config_gives_defaults_and_cli_wins(tmp_path, capsys, monkeypatch):
+def test_config_gives_defaults_and_cli_wins(tmp_path, capsys, captured_train):
     """The command hands the library the merged values: patch the library call and look."""
-    seen = {}
-
-    def fake_train(config, progress=None):
-        seen["config"] = config
-        from cxrsem.training import TrainResult
-        return TrainResult(tmp_path, 1, 1, ("auroc_mean", 0.5), [], False, [])
-
-    monkeypatch.setattr("cxrsem.cli.train.train", fake_train)
+    seen = captured_train
     cfg = tmp_path / "c.toml"
     cfg.write_text('[train]\nepochs = 7\nbatch-size = 4\nloss = "mse"\n[dataset]\nn_train = 50\n'
                    '[data_roots]\nnih = "nih-data"\n')

@@ -154,14 +154,8 @@ def test_config_values_of_the_wrong_type_are_refused(tmp_path, capsys, line, exp
     assert f"bad value for {key!r} in [train] of {str(cfg)!r}" in err
 
 
-def test_config_values_of_the_right_type_are_taken(tmp_path, capsys, monkeypatch):
-    seen = {}
-
-    def fake_train(config, progress=None):
-        seen["config"] = config
-        return TrainResult(tmp_path, 1, 1, ("auroc_mean", 0.5), [], False, [])
-
-    monkeypatch.setattr("cxrsem.cli.train.train", fake_train)
+def test_config_values_of_the_right_type_are_taken(tmp_path, capsys, captured_train):
+    seen = captured_train
     cfg = tmp_path / "c.toml"
     cfg.write_text('[train]\nlr = 1\nquiet = true\noverwrite = true\ndataset-opt = ["n_train=4"]\n'
                    'weights = "w.pth"\n')
