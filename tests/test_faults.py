@@ -174,7 +174,13 @@ def test_concurrent_dissection_into_the_same_folder_fails_fast_and_the_first_com
         while not _lock_written(lock) and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert _lock_written(lock), "the first dissection never took its lock"
-        code, _, err = run_cli(args, capsys)  # the same model again, while the first runs
+        # Paused while it holds the lock, so the second run always meets a live owner (a fast first
+        # run could otherwise finish before the second one looks).
+        first.send_signal(signal.SIGSTOP)
+        try:
+            code, _, err = run_cli(args, capsys)  # the same model again, while the first runs
+        finally:
+            first.send_signal(signal.SIGCONT)
         last = err.strip().splitlines()[-1]
         assert code == 1 and last.startswith("Error: ") and f"process {first.pid} on " in last, err
         output, _ = first.communicate(timeout=120)

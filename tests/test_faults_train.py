@@ -37,6 +37,13 @@ def finish(proc, timeout=120):
     return proc.returncode, out, err
 
 
+def wait_for(path, proc, timeout=120):
+    """Until ``path`` exists or ``proc`` has ended (a run writes its first last.pt after epoch 1)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def weights(path):
     return load_checkpoint(path)["state_dict"]
 
@@ -56,7 +63,13 @@ def test_kills_then_resume_give_the_uninterrupted_weights(tmp_path):
         args = ["--resume", str(run)] if resuming else [*ARGS, "--out", str(run), "--overwrite"]
         proc = start(*args)
         if kills < 4:
-            time.sleep(rng.uniform(0.3, 1.0) * duration)
+            if kills and not resuming:
+                # Earlier kills all came before any checkpoint: this one waits for the first, so the
+                # test always exercises a resume (timing alone made that depend on the machine's load).
+                wait_for(run / "last.pt", proc)
+                time.sleep(rng.uniform(0.0, 0.25) * duration)
+            else:
+                time.sleep(rng.uniform(0.3, 1.0) * duration)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1

@@ -4,6 +4,7 @@ resume rules, Ctrl-C, stale temporaries, folders of failed runs."""
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 
 import pytest
@@ -287,3 +288,24 @@ def test_failed_train_removes_the_folder_it_created_but_never_an_existing_one(tm
     existing.mkdir()
     code, _, _ = cli_train(capsys, existing)
     assert code == 1 and existing.is_dir() and not any(existing.iterdir())
+
+
+# -- the run folder has one owner ------------------------------------------------------------------
+
+def test_a_run_folder_being_trained_into_is_refused_to_a_second_process(tmp_path, capsys):
+    from cxrsem.outputs import FolderLock
+
+    out = tmp_path / "run"
+    code, _, err = cli_train(capsys, out)
+    assert code == 0, err
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # This process plays the first trainer: alive, so its lock is not stale.
+    resume = ["train", "--resume", out, "--epochs", 2, "--quiet"]
+    with FolderLock(out, path=out / training_loop.RUN_LOCK):
+        for code, _, err in (cli_train(capsys, out, "--overwrite"), run_cli(resume, capsys)):
+            assert code == 1, err
+            assert f"training run {out} is being written by process {os.getpid()}" in one_line(err)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
+    code, _, err = run_cli(resume, capsys)
+    assert code == 0, err
+    assert not (out / training_loop.RUN_LOCK).exists()  # released when the run ends

@@ -43,6 +43,7 @@ from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, InputSpec
 from cxrsem.engine.runner import run_model
 from cxrsem.errors import ConfigError, DataError, TrainingError, UsageError
 from cxrsem.outputs import (
+    FolderLock,
     atomic_temp_target,
     output_dir,
     toml_ready,
@@ -60,6 +61,10 @@ Progress = Callable[..., None]
 # first batch) has diverged: no sensible run gets there (a --lr 1e6 run reaches 1e13 in one epoch),
 # and the scale floor of 1 keeps a near-zero initial loss from stopping a healthy run.
 DIVERGENCE_FACTOR = 1e4
+
+# The run folder's owner while a process trains into it (a cxrsem.outputs.FolderLock): a second
+# `train`/`--resume` into the same folder fails at once naming the first.
+RUN_LOCK = ".cxrsem-run.lock"
 
 # The files a run writes into its folder: nothing else is ever removed by --overwrite.
 _RUN_FILE = re.compile(r"^(epoch-\d{3,}\.pt|best\.pt|last\.pt|metrics\.jsonl|config\.toml|manifest\.json)$")
@@ -434,6 +439,8 @@ def _run_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """(files of a run, temporaries of its killed atomic writes, anything else) in ``folder``."""
     own, temporaries, foreign = [], [], []
     for path in sorted(folder.iterdir()):
+        if path.name == RUN_LOCK:  # the owner of the folder, managed by FolderLock
+            continue
         target = atomic_temp_target(path.name)
         if path.is_file() and not path.is_symlink() and target is not None and _RUN_FILE.match(target):
             temporaries.append(path)
@@ -461,6 +468,10 @@ def _check_run_folder(out: Path, overwrite: bool) -> list[Path]:
         raise UsageError(f"--out {out} already holds a training run; continue it with --resume {out} "
                          f"or replace it with --overwrite")
     return temporaries + own
+
+
+def _run_lock(out: Path) -> FolderLock:
+    return FolderLock(out, what=f"training run {out}", path=out / RUN_LOCK)
 
 
 def _remove(paths: list[Path]) -> None:
@@ -496,7 +507,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
     def body() -> TrainResult:
         run.build()
-        with output_dir(out):
+        with output_dir(out, scaffolding=(RUN_LOCK,)), _run_lock(out):
+            # Checked again as the folder's owner: another process may have trained into it since.
+            to_remove[:] = _check_run_folder(out, config.overwrite)
             _remove(to_remove)  # only now: a run that fails to build leaves the old one whole
             write_config(out, config.as_toml())
             write_manifest(out, seed=config.seed, device=str(run.device))
@@ -540,8 +553,9 @@ def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = 
 
     def body() -> TrainResult:
         run.build()
-        run.restore(run_dir, last)
-        write_config(run_dir, config.as_toml())
-        return run.run(resumed=True)
+        with _run_lock(run_dir):
+            run.restore(run_dir, load_checkpoint(run_dir / "last.pt"))  # as the folder's owner
+            write_config(run_dir, config.as_toml())
+            return run.run(resumed=True)
 
     return _guarded(run, body)
