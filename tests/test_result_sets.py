@@ -459,3 +459,27 @@ def test_output_dir_keeps_a_folder_with_results(tmp_path):
         (folder / "result.json").write_text("{}")
         raise KeyError("late failure")
     assert (out / "result.json").is_file()
+
+
+def test_attribution_folder_has_one_owner_and_sheds_a_killed_runs_temporaries(tmp_path, capsys):
+    from cxrsem.attribution.api import ATTRIBUTION_LOCK
+
+    assets = attribution_assets(tmp_path / "a")
+    out = tmp_path / "attr"
+    out.mkdir()
+    stale = out / ".cxr0.json.abcd1234.tmp"  # what a SIGKILL mid-write leaves
+    stale.write_text("{half")
+    mine = out / "notes.txt"
+    mine.write_text("keep")
+    args = ["attribute", assets["images"], "--model", assets["ckpt"], "--layer", "denseblock4",
+            "--steps", "4", "--out", out]
+    with FolderLock(out, what=f"attribution folder {out}", path=out / ATTRIBUTION_LOCK):
+        code, _, err = run_cli(args, capsys)  # this process plays the first writer: alive
+        _one_line_error(code, err, f"attribution folder {out} is being written by process "
+                                   f"{os.getpid()}")
+    assert stale.exists() and not (out / "cxr0.json").exists()  # nothing touched while owned
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert not stale.exists() and mine.read_text() == "keep"
+    assert {"cxr0.json", "cxr1.json", "summary.csv"} <= {p.name for p in out.iterdir()}
+    assert not (out / ATTRIBUTION_LOCK).exists()

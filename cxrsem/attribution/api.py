@@ -62,12 +62,24 @@ from cxrsem.formats.attribution import (
     summary_row,
 )
 from cxrsem.formats.dissection import Dissection, load_dissection
-from cxrsem.outputs import output_dir, write_config, write_json, write_manifest, write_text
+from cxrsem.outputs import (
+    FolderLock,
+    atomic_temp_target,
+    output_dir,
+    write_config,
+    write_json,
+    write_manifest,
+    write_text,
+)
 
 __all__ = ["SCHEMA", "AttributionResult", "AttributionRun", "attribute", "collect_images"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 Progress = Callable[..., None]
+# The attribution folder's owner while a process writes into it (a second `attribute` into the same
+# --out fails at once naming the first).
+ATTRIBUTION_LOCK = ".cxrsem-attribute.lock"
+_OWN_SUFFIXES = (".json", ".png", ".csv", ".toml")  # what attribute writes (stale temporaries of)
 
 
 # --- the steps --------------------------------------------------------------------------------------
@@ -284,9 +296,21 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     if out is None:
         return _attribute_into(None, inputs, model, chosen_method, target_spec, dissect,
                                dissection, target, top_k, batch_size, render, emit)
-    with output_dir(out, scaffolding=("config.toml", "manifest.json")) as out_dir:
+    with output_dir(out, scaffolding=("config.toml", "manifest.json", ATTRIBUTION_LOCK)) as out_dir, \
+            FolderLock(out_dir, what=f"attribution folder {out_dir}", path=out_dir / ATTRIBUTION_LOCK):
+        _remove_stale_temporaries(out_dir)
         return _attribute_into(out_dir, inputs, model, chosen_method, target_spec, dissect,
                                dissection, target, top_k, batch_size, render, emit)
+
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporaries of atomic writes that a killed ``attribute`` left behind (``.NAME.XXXXXXXX.tmp``
+    of a file it writes); anything else in the folder is left alone."""
+    for path in out_dir.iterdir():
+        target = atomic_temp_target(path.name)
+        if target is not None and target.endswith(_OWN_SUFFIXES) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _attribute_into(out_dir: Path | None, inputs: Inputs, model: _Model, chosen_method: _Method,
