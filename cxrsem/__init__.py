@@ -48,6 +48,7 @@ def __getattr__(name: str):
         "DissectSettings": ("cxrsem.dissection", "DissectSettings"),
         "attribute": ("cxrsem.attribution", "attribute"),
         "build_report": ("cxrsem.reporting", "build_report"),
+        "compare": ("cxrsem.statistics.compare", "compare"),
         "prepare_images": ("cxrsem.prepare", "prepare_images"),
         "load_model": ("cxrsem.checkpoint", "load_model"),
     }
@@ -79,4 +80,5 @@ __all__ = [
     "DissectSettings",
     "attribute",
     "build_report",
+    "compare",
 ]

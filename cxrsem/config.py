@@ -27,7 +27,7 @@ from typing import Any
 
 from cxrsem.errors import ConfigError
 
-COMMAND_TABLES = ("train", "dissect", "attribute", "report", "quickstart")
+COMMAND_TABLES = ("train", "dissect", "compare", "attribute", "report", "quickstart")
 COMPONENT_TABLES = ("dataset", "loss", "arch", "concepts", "data_roots")
 
 

@@ -15,7 +15,16 @@ import warnings
 import typer
 
 from cxrsem import __version__
-from cxrsem.cli import attribute, dissect, plugins_cmd, prepare, quickstart, report, train
+from cxrsem.cli import (
+    attribute,
+    compare,
+    dissect,
+    plugins_cmd,
+    prepare,
+    quickstart,
+    report,
+    train,
+)
 from cxrsem.errors import CxrsemError, os_error_message
 
 app = typer.Typer(
@@ -43,7 +52,7 @@ def _root(
     """Semantic interpretation of chest X-ray models (Khakzar et al., MICCAI 2021)."""
 
 
-for module in (prepare, train, dissect, attribute, report, plugins_cmd, quickstart):
+for module in (prepare, train, dissect, compare, attribute, report, plugins_cmd, quickstart):
     module.register(app)
 
 

@@ -1,0 +1,113 @@
+"""``cxrsem compare``: paired and unpaired bootstrap comparisons of detector counts, from the
+dissection folders' ``dissection.json`` and ``imagestats.npz``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxrsem.statistics.compare import TOTAL, compare
+from cxrsem.testing import run_cli
+from tests.bootstrap_fixtures import masks, naive_iou, stats_of
+
+
+def write_result(folder, units, labels, *, threshold=0.05, concept_sets=("toy",), limit=0):
+    """A minimal dissection result folder: dissection.json (point estimates from the naive
+    oracle) and imagestats.npz."""
+    folder.mkdir(parents=True)
+    stats = stats_of(units, labels)
+    iou = naive_iou(units, labels, np.ones(len(units)))
+    best = iou.argmax(axis=1)
+    record = {
+        "schema": "cxrsem-dissection/1", "layer": folder.name, "num_units": units.shape[1],
+        "model": {"path": f"{folder.parent.name}.pt", "sha256": folder.parent.name},
+        "settings": {"iou_threshold": threshold, "limit": limit, "seg_size": units.shape[-1]},
+        "concept_sets": [{"name": n, "concepts": stats.concepts} for n in concept_sets],
+        "num_images": len(units),
+        "concepts": [{"name": c, "images": int((stats.label_area[:, j] > 0).sum())}
+                     for j, c in enumerate(stats.concepts)],
+        "units": [{"unit": k, "concept": stats.concepts[best[k]], "iou": float(iou[k, best[k]]),
+                   "detector": bool(iou[k, best[k]] > threshold)} for k in range(units.shape[1])],
+    }
+    (folder / "dissection.json").write_text(json.dumps(record))
+    stats.save(folder / "imagestats.npz")
+    return folder
+
+
+def test_a_model_compared_with_itself_is_indistinguishable(tmp_path):
+    units, labels = masks(0, n=40, k=8)
+    a = write_result(tmp_path / "a" / "m" / "features", units, labels)
+    b = write_result(tmp_path / "b" / "m" / "features", units, labels)
+    result = compare([a, b], resamples=200, seed=1)
+    (comparison,) = result.comparisons
+    assert comparison.paired and comparison.why_unpaired is None
+    for row in comparison.rows:
+        assert row.difference.value == row.difference.low == row.difference.high == 0
+        assert row.p == row.p_adjusted == 1.0 and row.a.value == row.b.value
+    assert all("not distinguishable" in s for s in result.sentences())
+
+
+def test_more_detectors_is_found_and_said(tmp_path):
+    units, labels = masks(1, n=60, k=12, c=2)
+    strong = units.copy()
+    strong[:, :6] = labels[:, [0]] | (np.random.default_rng(2).random(labels[:, [0]].shape) < 0.02)
+    a = write_result(tmp_path / "weak" / "m" / "f", units, labels)
+    b = write_result(tmp_path / "strong" / "m" / "f", strong, labels)
+    result = compare([a, b], resamples=300, seed=0)
+    rows = {row.quantity: row for row in result.comparisons[0].rows}
+    c0 = rows["c0"]
+    assert c0.b.value >= c0.a.value + 5 and c0.difference.low > 0 and c0.p_adjusted < 0.05
+    text = c0.sentence(result.comparisons[0].a, result.comparisons[0].b, result.alpha)
+    assert text.startswith("strong/m @ f has more c0 detectors than weak/m @ f: ") and "p = " in text
+    assert TOTAL in rows
+
+
+def test_other_images_are_compared_unpaired_and_refused_when_pairing_is_forced(tmp_path, capsys):
+    units, labels = masks(3, n=30)
+    other_units, other_labels = masks(4, n=30)
+    a = write_result(tmp_path / "a" / "m" / "f", units, labels)
+    b = write_result(tmp_path / "b" / "m" / "f", other_units, other_labels)
+    result = compare([a, b], resamples=50)
+    assert not result.comparisons[0].paired
+    assert "annotations" in result.comparisons[0].why_unpaired
+    code, _, err = run_cli(["compare", a, b, "--bootstrap", 50, "--paired"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--paired" in err and "same images" in err
+    code, out, err = run_cli(["compare", a, b, "--bootstrap", 50, "--out", tmp_path / "c.json"],
+                             capsys)
+    assert code == 0, err
+    assert "unpaired (other annotations" in out
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["schema"] == "cxrsem-compare/1" and saved["comparisons"][0]["paired"] is False
+
+
+def test_several_models_are_compared_with_the_first_and_holm_corrected(tmp_path):
+    units, labels = masks(5, n=40, k=8)
+    dirs = [write_result(tmp_path / name / "m" / "f", units if name != "c" else units[:, ::-1],
+                         labels) for name in ("a", "b", "c")]
+    result = compare(dirs, resamples=100)
+    assert [(c.a, c.b) for c in result.comparisons] == [("a/m @ f", "b/m @ f"), ("a/m @ f", "c/m @ f")]
+    for rows in zip(*(c.rows for c in result.comparisons), strict=False):
+        ps = sorted(r.p for r in rows)
+        adjusted = sorted(r.p_adjusted for r in rows)
+        assert all(adj >= p for p, adj in zip(ps, adjusted, strict=True))
+
+
+def test_compare_needs_the_image_statistics(tmp_path, capsys):
+    units, labels = masks(6)
+    a = write_result(tmp_path / "a" / "m" / "f", units, labels)
+    b = write_result(tmp_path / "b" / "m" / "f", units, labels)
+    (b / "imagestats.npz").unlink()
+    code, _, err = run_cli(["compare", a, b], capsys)
+    assert code != 0 and err.count("\n") == 1 and "imagestats.npz" in err
+    code, _, err = run_cli(["compare", a], capsys)
+    assert code == 2 and "at least two" in err
+
+
+@pytest.mark.parametrize("option", [["--confidence", "1.5"], ["--group-by", "ward"]])
+def test_bad_settings_are_one_line(tmp_path, capsys, option):
+    units, labels = masks(7)
+    a = write_result(tmp_path / "a" / "m" / "f", units, labels)
+    code, _, err = run_cli(["compare", a, a, "--bootstrap", 10, *option], capsys)
+    assert code == 2 and err.count("\n") == 1
