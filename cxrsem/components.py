@@ -24,6 +24,10 @@ Data contracts
   (bool ``[C, M, M]`` at the annotation resolution M = mask_size, one *separate* channel per concept,
   so overlapping annotations count for every concept they belong to) and ``"id"``.
   A concept is present in an image exactly when its channel has a pixel set.
+- optionally ``groups() -> list[str]``: the patient (any resampling unit) of every item, one
+  non-empty string per item in item order, without decoding images.  Dissection resamples by these
+  groups (``imagestats.npz``'s ``groups``); images of one patient share a string.  Absent (or
+  returning ``None``): every image is its own group.
 """
 
 from __future__ import annotations

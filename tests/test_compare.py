@@ -111,3 +111,37 @@ def test_bad_settings_are_one_line(tmp_path, capsys, option):
     a = write_result(tmp_path / "a" / "m" / "f", units, labels)
     code, _, err = run_cli(["compare", a, a, "--bootstrap", 10, *option], capsys)
     assert code == 2 and err.count("\n") == 1
+
+
+@pytest.fixture
+def testkit():
+    from cxrsem import plugins
+    from cxrsem.testing import TestKitPlugin
+
+    plugins.register_plugin(TestKitPlugin(), "testkit")
+
+
+def test_dissect_bootstrap_and_compare_end_to_end(tmp_path, capsys, testkit):
+    from cxrsem.testing import tiny_checkpoint
+
+    models = [tiny_checkpoint(tmp_path / f"{name}.pt", seed=seed) for name, seed in (("a", 0), ("b", 1))]
+    out = tmp_path / "d"
+    code, stdout, err = run_cli(["dissect", *sum((["--model", m] for m in models), []),
+                                 "--layer", "features", "--concepts", "toy-blobs", "--seg-size", 16,
+                                 "--quantile", 0.05, "--bootstrap", 100, "--no-figures",
+                                 "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    assert "intervals from 100 resamples" in " ".join(stdout.split())  # the table title, wrapped
+    record = json.loads((out / "a" / "features" / "dissection.json").read_text())
+    boot = record["bootstrap"]
+    assert boot["resamples"] == 100 and boot["group_by"] == "patient"
+    assert boot["num_detectors"]["count"] == record["num_detectors"]  # the estimate is the file's
+    assert boot["num_detectors"]["low"] <= boot["num_detectors"]["high"]
+    assert all(0 <= u["p_detector"] <= 1 and len(u["iou_interval"]) == 2 for u in record["units"])
+    assert "imagestats.npz" in record["files"]
+    # The same images for both models: a paired comparison; a model with itself: p = 1.
+    result = compare([out / "a", out / "b"], resamples=100)
+    assert result.comparisons[0].paired
+    itself = compare([out / "a", out / "a"], resamples=100)
+    assert all(r.p == 1.0 and r.difference.low == r.difference.high == 0
+               for r in itself.comparisons[0].rows)

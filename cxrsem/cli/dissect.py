@@ -50,6 +50,11 @@ def dissect_command(
     device: str = device_option(dissect),
     batch_size: int = batch_size_option(_D),
     seed: int = seed_option(dissect),
+    bootstrap: int = library_option(_D, "bootstrap", "Bootstrap resamples for intervals on every "
+                                    "IoU and count (0 = none)."),
+    group_by: str = library_option(_D, "group_by", "What a resample draws: patient (where the "
+                                   "concept set knows them) or image."),
+    confidence: float = library_option(_D, "confidence", "Confidence of the intervals."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute activations even if cached."),
     cache_dtype: str = library_option(_D, "cache_dtype", "float32 (exact) or float16."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the unit and summary PNGs."),
@@ -62,7 +67,7 @@ def dissect_command(
     settings = DissectSettings(
         quantile=quantile, quantile_sample=quantile_sample, iou_threshold=iou_threshold,
         seg_size=seg_size, limit=limit, batch_size=batch_size, cache_dtype=cache_dtype,
-        use_cache=not no_cache)
+        use_cache=not no_cache, bootstrap=bootstrap, group_by=group_by, confidence=confidence)
     with PhaseProgress(quiet=quiet) as progress:
         results = dissect(
             model, layer, out=out, concepts=concepts,
@@ -80,9 +85,13 @@ def dissect_command(
 def detector_table(result, layer, iou_threshold: float) -> Table:
     best_index, best_iou = layer.best
     detectors = is_detector(best_iou, iou_threshold)
+    boot = getattr(layer, "bootstrap", None)
+    total = f"{int(detectors.sum())}" + (_interval(boot["num_detectors"]) if boot else "")
+    resampled = (f"; {100 * boot['confidence']:g}% intervals from {boot['resamples']} resamples of "
+                 f"{boot['groups']} {boot['group_by']}s" if boot else "")
     # escape(): model paths, layer and concept names are the user's, not rich markup
-    table = Table(title=escape(f"{result.model_path} — {layer.layer}: {int(detectors.sum())} detectors "
-                               f"of {len(best_iou)} units (IoU > {iou_threshold})"))
+    table = Table(title=escape(f"{result.model_path} — {layer.layer}: {total} detectors "
+                               f"of {len(best_iou)} units (IoU > {iou_threshold}){resampled}"))
     table.add_column("concept")
     table.add_column("images", justify="right")
     table.add_column("detectors", justify="right")
@@ -90,9 +99,13 @@ def detector_table(result, layer, iou_threshold: float) -> Table:
     for c, concept in enumerate(layer.concepts):
         of_concept = detectors & (best_index == c)
         top = layer.iou[:, c].max() if layer.iou.size else 0.0
-        table.add_row(escape(concept), str(int(layer.images_with[c])), str(int(of_concept.sum())),
-                      f"{top:.3f}")
+        count = str(int(of_concept.sum())) + (_interval(boot["detectors"][concept]) if boot else "")
+        table.add_row(escape(concept), str(int(layer.images_with[c])), count, f"{top:.3f}")
     return table
+
+
+def _interval(estimate: dict) -> str:
+    return f" [{estimate['low']:g}, {estimate['high']:g}]"
 
 
 def register(app: typer.Typer) -> None:

@@ -294,9 +294,30 @@ class NIHBoxes(ConceptSet):
     """The 984 NIH boxes (880 images, 8 concepts) rasterised at the requested mask size."""
 
     def __init__(self, *, boxes: list[list[tuple[int, tuple[float, float, float, float]]]],
-                 **kwargs) -> None:
+                 root: Path | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self._boxes = boxes
+        self._root = root
+        self._groups: list[str] | None = None
+
+    def groups(self) -> list[str]:
+        """The patient of every item (optional concept-set contract): Data_Entry's ``Patient ID``
+        of the image (read once, on first call); an image without a Data_Entry row (or a root
+        without Data_Entry) is its own group, ``image:<file name>``."""
+        if self._groups is None:
+            patients: dict[str, str] = {}
+            entry = next((self._root / n for n in ENTRY_FILES
+                          if self._root is not None and (self._root / n).is_file()), None)
+            if entry is not None:
+                table = read_table(entry, dataset=self.name, delimiter=",")
+                c_name, c_patient = table.column("Image Index"), table.column("Patient ID")
+                wanted = set(self.ids)
+                for row in table.rows:
+                    name, patient = row[c_name].strip(), row[c_patient].strip()
+                    if name in wanted and patient:
+                        patients[name] = str(int(patient)) if patient.isdigit() else patient
+            self._groups = [patients.get(n, f"image:{n}") for n in self.ids]
+        return list(self._groups)
 
     def _masks(self, index: int) -> np.ndarray:
         from ._io import box_mask
@@ -341,7 +362,7 @@ def make_nih_bbox(*, image_size: int, mask_size: int, root: Path, seed: int,
     names = [names[i] for i in subset(len(names), limit, seed)]
     ds = NIHBoxes(name=name, image_size=image_size, mask_size=mask_size,
                   paths=[images[n] for n in names], ids=names, concepts=BOX_CONCEPTS,
-                  boxes=[by_image[n] for n in names])
+                  boxes=[by_image[n] for n in names], root=root)
     ds.problems = [p for p in problems if p]
     entries = None
     for candidate in ENTRY_FILES:

@@ -4,6 +4,10 @@ The paper annotates units with NIH boxes and COVID segmentations at once.  Each 
 its own concepts, so an image of set A carries empty channels for set B's concepts (and therefore
 does not enter B's sums in Eq. 5).  A concept name present in two sets keeps one name per set
 (``nih-bbox/Consolidation``) unless the user maps them together.
+
+Images are grouped by patient for resampling (:meth:`ConceptSource.groups`): a set that knows its
+patients says so through the optional ``groups()`` of the concept-set contract; group names are
+prefixed with the set's name, so patients of two sets never merge.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +59,29 @@ class ConceptSource:
     def set_names(self) -> list[str]:
         return [name for name, _ in self.sets]
 
+    def groups(self) -> tuple[np.ndarray, list[str]]:
+        """The patient of every image, in stream order (the first ``len(self)``): int64 ``[N]``
+        group indices and one name per group, ``"<set>/<patient>"``.  A set without ``groups()``
+        makes each of its images its own group (``"<set>/#<item>"``)."""
+        names: list[str] = []
+        index: dict[str, int] = {}
+        rows: list[int] = []
+        remaining = len(self)
+        for set_name, ds in self.sets:
+            take = min(len(ds), remaining)
+            if take <= 0:
+                break
+            remaining -= take
+            patients = _set_groups(set_name, ds)
+            for item in range(take):
+                name = (f"{set_name}/{patients[item]}" if patients is not None
+                        else f"{set_name}/#{item}")
+                if name not in index:
+                    index[name] = len(names)
+                    names.append(name)
+                rows.append(index[name])
+        return np.asarray(rows, dtype=np.int64), names
+
     def concepts_of(self) -> dict[str, list[str]]:
         return {name: list(ds.concepts) for name, ds in self.sets}
 
@@ -89,6 +117,21 @@ class ConceptSource:
                       f"{self.mask_size}; resized with nearest neighbour", stacklevel=2)
         return F.interpolate(masks.float(), size=(self.mask_size, self.mask_size),
                              mode="nearest").bool()
+
+
+def _set_groups(set_name: str, ds: Any) -> list[str] | None:
+    """``ds.groups()`` (one patient id per item) when the set has it, checked; else None."""
+    method = getattr(ds, "groups", None)
+    if method is None:
+        return None
+    groups = method() if callable(method) else method
+    if groups is None:
+        return None
+    groups = list(groups)
+    if len(groups) != len(ds) or not all(isinstance(g, str) and g for g in groups):
+        raise DataError(f"concept set {set_name!r}: groups() must give one non-empty string per "
+                        f"item ({len(ds)}), got {len(groups)} values")
+    return groups
 
 
 def _from_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

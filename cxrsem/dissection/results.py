@@ -2,6 +2,7 @@
 
 ``DISSECT_DIR/<model-stem>/<layer>/``: ``dissection.json``, ``units.csv`` and ``detectors.csv``
 (the file contract, its writer and reader: :mod:`cxrsem.formats.dissection`),
+``imagestats.npz`` (each image's terms of the IoU sums: :mod:`cxrsem.statistics.imagestats`),
 ``units/unit-NNNN.png`` for every detector (Fig. 3), ``summary.png`` (Fig. 2 for one model),
 ``config.toml`` and ``manifest.json``.
 
@@ -17,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxrsem.formats.dissection import layer_record, write_record, write_tables
+from cxrsem.formats.dissection import IMAGE_STATS_FILE, layer_record, write_record, write_tables
 from cxrsem.outputs import (
     FolderLock,
     folder_files,
@@ -73,6 +74,8 @@ def _write_set(folder: Path, result, layer, settings, *, concepts: Sequence[str]
 
     record = layer_record(result, layer, settings)
     write_tables(folder, record)
+    if getattr(layer, "image_stats", None) is not None:
+        layer.image_stats.save(folder / IMAGE_STATS_FILE)
     if figures:
         summary_figure(folder / "summary.png", record)
         for unit in record["units"]:
@@ -83,7 +86,9 @@ def _write_set(folder: Path, result, layer, settings, *, concepts: Sequence[str]
         "model": [str(result.model_path)], "layer": [layer.layer], "concepts": list(concepts),
         "quantile": settings.quantile, "quantile_sample": settings.quantile_sample,
         "iou_threshold": settings.iou_threshold, "seg_size": settings.seg_size,
-        "limit": settings.limit, "batch_size": settings.batch_size, "seed": seed}})
+        "limit": settings.limit, "batch_size": settings.batch_size, "seed": seed,
+        "bootstrap": settings.bootstrap, "group_by": settings.group_by,
+        "confidence": settings.confidence}})
     write_manifest(folder, seed=seed, device=device)
     record["files"] = folder_files(folder)  # what belongs to this result, dissection.json aside
     write_record(folder, record)  # last: its presence means the folder is complete

@@ -44,6 +44,8 @@ from cxrsem.engine.runner import run_model
 from cxrsem.errors import DataError, UsageError
 from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
 from cxrsem.outputs import output_dir, recover_staged
+from cxrsem.statistics.bootstrap import DEFAULT_CONFIDENCE, summarize
+from cxrsem.statistics.imagestats import ImageStats
 
 Progress = Callable[..., None]
 
@@ -58,6 +60,9 @@ class DissectSettings:
     batch_size: int = 32
     cache_dtype: str = "float32"
     use_cache: bool = True
+    bootstrap: int = 0              # resamples for intervals (0: none); see statistics.bootstrap
+    group_by: str = "patient"       # what a resample draws: patients (where known) or images
+    confidence: float = DEFAULT_CONFIDENCE  # of the bootstrap's percentile intervals
 
     def validate(self) -> None:
         if not 0.0 < self.quantile < 1.0:
@@ -70,6 +75,13 @@ class DissectSettings:
             raise UsageError("--limit and --quantile-sample must be 0 (all) or positive")
         if self.cache_dtype not in ("float32", "float16"):
             raise UsageError(f"cache dtype must be float32 or float16, got {self.cache_dtype!r}")
+        if self.bootstrap < 0:
+            raise UsageError(f"--bootstrap must be 0 (none) or a number of resamples, got "
+                             f"{self.bootstrap}")
+        if self.group_by not in ("patient", "image"):
+            raise UsageError(f"--group-by must be patient or image, got {self.group_by!r}")
+        if not 0.0 < self.confidence < 1.0:
+            raise UsageError(f"--confidence must be in (0, 1), got {self.confidence}")
         from cxrsem.engine.memory import check_dissection  # refuse what cannot fit
 
         check_dissection(self.seg_size, self.batch_size)
@@ -91,6 +103,12 @@ class LayerDissection:
     threshold_images: int
     upsampled_fraction: float
     threshold_error: dict[str, float] | None = None
+    # Each image's own terms of the IoU sums (Eq. 5), written as imagestats.npz: summing them
+    # reproduces ``iou`` exactly; reweighting them (bootstrap, patients) needs no model pass.
+    image_stats: ImageStats | None = None
+    # With --bootstrap: the record's "bootstrap" block and each unit's interval / P(detector).
+    bootstrap: dict[str, Any] | None = None
+    unit_bootstrap: list[dict[str, Any]] | None = None
 
     @property
     def best(self) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +221,7 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
                                              mask_batches, strict=True):
         activations = torch.from_numpy(records.astype(np.float32)).to(device)
         labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
-        tally.update(activations, thresholds_t, labels)
+        tally.update(activations, thresholds_t, labels, image_offset=start)
         top.update(activations.amax(dim=(2, 3)),
                    torch.arange(start, start + activations.shape[0], device=device))
         progress("advance", amount=activations.shape[0])
@@ -284,6 +302,7 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
     count = info["count"]
     sample = min(settings.quantile_sample or count, count)
     masks_store = cache.mask_store(mask_shape)
+    groups, group_names = source.groups()
     for layer in layers:
         store = cache.layer_store(layer, tuple(info["shapes"][layer]), info["dtype"])
         started = time.perf_counter()
@@ -295,12 +314,15 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
         tally, top_images, top_values = _tally(store, masks_store, thresholds, len(source.concepts),
                                                count, settings, device, progress)
         result.timings[f"tally:{layer}"] = time.perf_counter() - started
+        image_stats = tally.image_stats(list(source.concepts), num_images=count, groups=groups,
+                                        group_names=group_names)
         result.layers.append(LayerDissection(
             layer=layer, thresholds=thresholds, iou=tally.iou(), concepts=list(source.concepts),
             images_with=tally.images_with.cpu().numpy(), top_images=top_images,
             top_values=top_values, activation_min=info["activation_min"][layer],
             feature_shape=tuple(info["shapes"][layer]), threshold_images=sample,
-            upsampled_fraction=tally.upsampled_pairs / max(tally.total_pairs, 1)))
+            upsampled_fraction=tally.upsampled_pairs / max(tally.total_pairs, 1),
+            image_stats=image_stats))
 
 
 def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | Path,
@@ -363,6 +385,12 @@ def _dissect_all(model_paths, layers, out, concepts, concept_options, concept_ma
             result = dissect_model(model_path, layers, source_for, settings, resolved_device,
                                    out / ".cache", progress, locks=locks, lock_layers=lock_layers)
             for layer_result in result.layers:
+                if settings.bootstrap and layer_result.image_stats is not None:
+                    progress("phase", name=f"bootstrap {layer_result.layer}", total=None)
+                    layer_result.bootstrap, layer_result.unit_bootstrap = summarize(
+                        layer_result.image_stats, resamples=settings.bootstrap, seed=seed,
+                        group_by=settings.group_by, confidence=settings.confidence,
+                        threshold=settings.iou_threshold)
                 write_layer_results(model_dir, result, layer_result, settings,
                                     concepts=concepts, seed=seed, device=str(resolved_device),
                                     figures=figures)

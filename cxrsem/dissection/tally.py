@@ -15,17 +15,24 @@ float32 and comparing with T_k would let rounding decide those pixels).  Interse
 with all concepts of their image are one matrix product per image; unions follow from mask sizes:
 ``|M u L| = |M| + |L| - |M n L|``.  Counts are int64 (the per-image float32 products are exact:
 they are integers below 2^24).
+
+The tally also keeps each image's own terms of those sums, sparsely (the per-image sufficient
+statistics of :mod:`cxrsem.statistics.imagestats`): every non-empty ``|M_k(x)|`` of a candidate
+pair, every non-zero ``|M_k(x) & L_c(x)|`` and each image's label areas ``|L_c(x)|``, keyed by the
+image's global row.  They are gathered per batch as int64 CPU tensors and concatenated once, when
+asked for (:meth:`IoUTally.image_stats`, :meth:`IoUTally.state_dict`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cxrsem.statistics import StatisticMismatch, check_kind, require_compatible
+from cxrsem.statistics.imagestats import ImageStats
 
 # What unit_masks applies, recorded verbatim in every dissection.json (settings.interpolation and
 # settings.mask_rule), so the record cannot drift from the code.
@@ -40,13 +47,30 @@ def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, in
     return upsampled[:, 0] >= 0
 
 
+# Per-image entries, in the order of the state dict: (image, unit, area) per non-empty mask and
+# (image, unit, concept, value) per non-zero intersection; label rows are (image, [C] areas).
+_MASK_FIELDS = ("mask_image", "mask_unit", "mask_area")
+_INTER_FIELDS = ("inter_image", "inter_unit", "inter_concept", "inter_value")
+_LABEL_FIELDS = ("label_image", "label_rows")
+_ENTRY_FIELDS = _MASK_FIELDS + _INTER_FIELDS + _LABEL_FIELDS
+
+
+def _empty_entries(concepts: int) -> dict[str, torch.Tensor]:
+    entries = {name: torch.zeros(0, dtype=torch.int64) for name in _ENTRY_FIELDS}
+    entries["label_rows"] = torch.zeros(0, concepts, dtype=torch.int64)
+    return entries
+
+
 @dataclass
 class IoUTally:
     """Running sums for one layer: ``intersection[k, c]``, ``unit_area[k, c]`` (|M_k| on images
-    containing c), ``label_area[c]`` (|L_c|) and ``images_with[c]``.
+    containing c), ``label_area[c]`` (|L_c|) and ``images_with[c]``; with ``per_image`` (default)
+    also every image's own terms of them (see the module docstring, :meth:`image_stats`).
 
-    A :class:`~cxrsem.statistics.StreamingStatistic`: ``update(activations, thresholds, labels)``,
-    ``merge``, ``state_dict``/``from_state_dict``."""
+    A :class:`~cxrsem.statistics.StreamingStatistic`: ``update(activations, thresholds, labels,
+    image_offset=None)``, ``merge``, ``state_dict``/``from_state_dict``.  Parts that tally
+    disjoint images merge exactly, per-image entries included, when each part was given the
+    global row of its batches (``image_offset``)."""
 
     intersection: torch.Tensor
     unit_area: torch.Tensor
@@ -54,37 +78,75 @@ class IoUTally:
     images_with: torch.Tensor
     upsampled_pairs: int = 0
     total_pairs: int = 0
+    per_image: bool = True
+    images: int = 0   # images tallied (the default offset of the next batch)
+    # Per-image entries: a list of per-batch chunks, concatenated once when read (_entries()).
+    _chunks: list[dict[str, torch.Tensor]] = field(default_factory=list, repr=False)
+    _dropped: str = field(default="", repr=False)  # why per-image entries were given up
 
     @classmethod
-    def zeros(cls, units: int, concepts: int, device: torch.device | str = "cpu") -> IoUTally:
+    def zeros(cls, units: int, concepts: int, device: torch.device | str = "cpu",
+              per_image: bool = True) -> IoUTally:
         z = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=device)  # noqa: E731
-        return cls(z(units, concepts), z(units, concepts), z(concepts), z(concepts))
+        return cls(z(units, concepts), z(units, concepts), z(concepts), z(concepts),
+                   per_image=per_image)
 
     KIND = "iou-tally"
     _COUNTS = ("intersection", "unit_area", "label_area", "images_with")
 
     def update(self, activations: torch.Tensor, thresholds: torch.Tensor,
-               labels: torch.Tensor) -> None:
-        """Add one batch (see :func:`update_tally`)."""
-        update_tally(self, activations, thresholds, labels)
+               labels: torch.Tensor, image_offset: int | None = None) -> None:
+        """Add one batch (see :func:`update_tally`); its images are the global rows
+        ``image_offset ..`` (default: right after the images this tally has seen)."""
+        update_tally(self, activations, thresholds, labels, image_offset)
+
+    def _entries(self) -> dict[str, torch.Tensor]:
+        """The per-image entries, concatenated (once: the chunks are replaced by the result)."""
+        concepts = self.intersection.shape[1]
+        if len(self._chunks) != 1:
+            chunks = self._chunks or [_empty_entries(concepts)]
+            self._chunks = [{name: torch.cat([c[name] for c in chunks]) for name in _ENTRY_FIELDS}]
+        return self._chunks[0]
 
     def merge(self, other: IoUTally) -> IoUTally:
         """Add another part's sums (a :class:`~cxrsem.statistics.StreamingStatistic`): every field
         is an integer sum, so any split merges to exactly one pass's tally.  Both parts must use
-        the same thresholds; that is the caller's contract (they come from one merged quantile)."""
+        the same thresholds; that is the caller's contract (they come from one merged quantile).
+        Per-image entries are concatenated when the parts cover disjoint image rows; otherwise
+        (or when a part has none) they are dropped and :meth:`image_stats` says why."""
         require_compatible(self.KIND, self._identity(), other._identity())
+        if self.per_image and other.per_image:
+            mine, theirs = self._entries(), other._entries()
+            overlap = np.intersect1d(mine["label_image"].numpy(), theirs["label_image"].numpy())
+            if overlap.size:
+                self._drop_entries(f"merged parts both held image row {int(overlap[0])} "
+                                   f"({overlap.size} rows in common): give each part the global "
+                                   f"rows of its images (update's image_offset)")
+            else:
+                self._chunks = [mine, theirs]
+        elif self.per_image:
+            self._drop_entries(other._dropped or "merged with a part made without per-image entries")
+        # The sums stay exact either way; only the per-image entries are lost.
         for name in self._COUNTS:
             getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
         self.upsampled_pairs += other.upsampled_pairs
         self.total_pairs += other.total_pairs
+        self.images += other.images
         return self
 
     def _identity(self) -> dict:
         return {"units": self.intersection.shape[0], "concepts": self.intersection.shape[1]}
 
+    def _drop_entries(self, why: str) -> None:
+        self.per_image, self._chunks, self._dropped = False, [], why
+
     def state_dict(self) -> dict:
-        return {"kind": self.KIND, **{name: getattr(self, name) for name in self._COUNTS},
-                "upsampled_pairs": self.upsampled_pairs, "total_pairs": self.total_pairs}
+        state = {"kind": self.KIND, **{name: getattr(self, name) for name in self._COUNTS},
+                 "upsampled_pairs": self.upsampled_pairs, "total_pairs": self.total_pairs,
+                 "images": self.images}
+        if self.per_image:
+            state.update(self._entries())
+        return state
 
     @classmethod
     def from_state_dict(cls, state) -> IoUTally:
@@ -97,8 +159,26 @@ class IoUTally:
             if tuple(tensor.shape) != shape or tensor.dtype != torch.int64:
                 raise StatisticMismatch(f"{cls.KIND} state: {name} is {tensor.dtype} "
                                         f"{tuple(tensor.shape)}, expected int64 {shape}")
-        return cls(*counts, upsampled_pairs=int(state["upsampled_pairs"]),
-                   total_pairs=int(state["total_pairs"]))
+        # A state without per-image entries (written before they existed) restores without them.
+        per_image = all(name in state for name in _ENTRY_FIELDS)
+        tally = cls(*counts, upsampled_pairs=int(state["upsampled_pairs"]),
+                    total_pairs=int(state["total_pairs"]), per_image=per_image,
+                    images=int(state.get("images", 0)))
+        if per_image:
+            entries = {name: state[name].detach().cpu().clone() for name in _ENTRY_FIELDS}
+            for group in (_MASK_FIELDS, _INTER_FIELDS, _LABEL_FIELDS):
+                lengths = {name: entries[name].shape[0] for name in group}
+                bad = [n for n in group if entries[n].dtype != torch.int64
+                       or entries[n].dim() != (2 if n == "label_rows" else 1)]
+                if bad or len(set(lengths.values())) != 1:
+                    raise StatisticMismatch(f"{cls.KIND} state: per-image entries {', '.join(group)}"
+                                            f" must be int64 of one length, got {lengths}")
+            if entries["label_rows"].shape[1] != concepts:
+                raise StatisticMismatch(f"{cls.KIND} state: label_rows has "
+                                        f"{entries['label_rows'].shape[1]} concepts, expected "
+                                        f"{concepts}")
+            tally._chunks = [entries]
+        return tally
 
     def iou(self) -> np.ndarray:
         """IoU_kc as float64 ``[K, C]``; 0 where the union is empty (a concept never present)."""
@@ -108,24 +188,65 @@ class IoUTally:
         np.divide(inter, union, out=out, where=union > 0)
         return out
 
+    def image_stats(self, concepts: list[str], num_images: int | None = None,
+                    groups: np.ndarray | None = None,
+                    group_names: list[str] | None = None) -> ImageStats:
+        """The per-image terms as :class:`~cxrsem.statistics.imagestats.ImageStats` over image
+        rows ``0..num_images-1`` (default: up to the largest row tallied; rows never tallied are
+        empty).  Entries are sorted by (image, unit[, concept]), so any split into parts gives the
+        same arrays as one pass."""
+        if not self.per_image:
+            raise StatisticMismatch(f"this {self.KIND} holds no per-image entries: "
+                                    f"{self._dropped or 'it was made without them'}")
+        if len(concepts) != self.intersection.shape[1]:
+            raise ValueError(f"{len(concepts)} concept names for {self.intersection.shape[1]} "
+                             f"concepts")
+        e = {name: value.numpy() for name, value in self._entries().items()}
+        seen = int(e["label_image"].max(initial=-1)) + 1
+        n = seen if num_images is None else int(num_images)
+        if seen > n:
+            raise ValueError(f"the tally holds image row {seen - 1}, outside 0..{n - 1}")
+        label_area = np.zeros((n, len(concepts)), dtype=np.int64)
+        label_area[e["label_image"]] = e["label_rows"]
+        mask_order = np.lexsort((e["mask_unit"], e["mask_image"]))
+        inter_order = np.lexsort((e["inter_concept"], e["inter_unit"], e["inter_image"]))
+        return ImageStats(
+            num_units=int(self.intersection.shape[0]), concepts=list(concepts),
+            label_area=label_area,
+            **{name: e[name][mask_order] for name in _MASK_FIELDS},
+            **{name: e[name][inter_order] for name in _INTER_FIELDS},
+            groups=groups, group_names=list(group_names or []))
+
 
 def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.Tensor,
-                 labels: torch.Tensor) -> None:
+                 labels: torch.Tensor, image_offset: int | None = None) -> None:
     """Add one batch: ``activations [B, K, h, w]``, ``thresholds [K]`` (float64 T_k), ``labels
-    [B, C, M, M]`` (bool concept masks at the annotation size)."""
+    [B, C, M, M]`` (bool concept masks at the annotation size); the batch's images are the global
+    rows ``image_offset .. image_offset + B - 1`` (default: ``tally.images ..``)."""
     batch, _units, _, _ = activations.shape
+    offset = tally.images if image_offset is None else int(image_offset)
+    tally.images += batch
     size = labels.shape[-2:]
     flat_labels = labels.reshape(batch, labels.shape[1], -1)
     present = flat_labels.any(dim=2)                                 # [B, C]
-    tally.label_area += flat_labels.sum(dim=2).sum(dim=0)
+    image_label_area = flat_labels.sum(dim=2)                        # [B, C]
+    tally.label_area += image_label_area.sum(dim=0)
     tally.images_with += present.sum(dim=0)
     tally.total_pairs += batch * thresholds.numel()
+    chunk = None
+    if tally.per_image:
+        chunk = {"label_image": torch.arange(offset, offset + batch, dtype=torch.int64),
+                 "label_rows": image_label_area.to(device="cpu", dtype=torch.int64)}
+        tally._chunks.append(chunk)
 
     maxima = activations.amax(dim=(2, 3)).double()                   # [B, K]
     # Pairs on images with no concept at all cannot contribute to any sum of Eq. 5.
     candidates = (maxima >= thresholds[None, :]) & present.any(dim=1, keepdim=True)
     image_idx, unit_idx = candidates.nonzero(as_tuple=True)
     if image_idx.numel() == 0:
+        if chunk is not None:
+            chunk.update({name: torch.zeros(0, dtype=torch.int64)
+                          for name in _MASK_FIELDS + _INTER_FIELDS})
         return
     tally.upsampled_pairs += image_idx.numel()
 
@@ -145,3 +266,18 @@ def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.T
         product = float_masks[start:stop] @ float_labels[image].T    # [P_b, C], exact integers
         intersections[start:stop] = product.round().to(torch.int64)
     tally.intersection.index_add_(0, unit_idx, intersections)
+
+    if chunk is not None:
+        # Only the non-zero terms: an empty mask or intersection adds nothing to any sum.
+        # One transfer per kind of entry (a device sync each on a GPU).
+        nonempty = areas > 0
+        pair, concept = intersections.nonzero(as_tuple=True)
+        mask_rows = torch.stack([image_idx[nonempty], unit_idx[nonempty], areas[nonempty]])
+        inter_rows = torch.stack([image_idx[pair], unit_idx[pair], concept,
+                                  intersections[pair, concept]])
+        mask_rows = mask_rows.to(device="cpu", dtype=torch.int64)
+        inter_rows = inter_rows.to(device="cpu", dtype=torch.int64)
+        mask_rows[0] += offset
+        inter_rows[0] += offset
+        chunk.update(zip(_MASK_FIELDS, mask_rows, strict=True))
+        chunk.update(zip(_INTER_FIELDS, inter_rows, strict=True))

@@ -13,7 +13,10 @@ units and by ``report``).
   row, top images) and detector counts per concept, and ``files``: every other file of the
   result set (POSIX paths relative to the folder, sorted; readers use only listed files when the
   list is there, and every file when it is absent, as in older results);
-- ``units.csv`` (one row per unit), ``detectors.csv`` (concept, count).
+- ``units.csv`` (one row per unit), ``detectors.csv`` (concept, count);
+- ``imagestats.npz`` (:data:`IMAGE_STATS_FILE`): every image's own terms of the IoU sums, sparse
+  (:mod:`cxrsem.statistics.imagestats`), described by the record's ``image_stats`` block (file,
+  format, images, groups, pairs P, entries Q).
 
 A unit is *labelled* with its best concept when the dissection calls it a detector (``detector``;
 when absent: :func:`is_detector` at the file's threshold).  The reader accepts every schema version
@@ -45,6 +48,7 @@ SCHEMAS_READ = (SCHEMA,)
 UNLABELLED = "unlabelled"
 DEFAULT_QUANTILE = 0.005       # P(f_k > T_k), paper Sec. 2.2
 DEFAULT_IOU_THRESHOLD = 0.04   # a unit is a detector of its best concept above this IoU
+IMAGE_STATS_FILE = "imagestats.npz"  # per-image sufficient statistics, next to dissection.json
 
 
 def is_detector(iou: Any, threshold: float = DEFAULT_IOU_THRESHOLD) -> Any:
@@ -78,6 +82,7 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
             "detector": bool(detector[k]),
             "ious": [round(float(v), 8) for v in layer.iou[k]],
             "top_images": [int(i) for i in layer.top_images[k]],
+            **(layer.unit_bootstrap[k] if getattr(layer, "unit_bootstrap", None) else {}),
         })
     counts = Counter(units[k]["concept"] for k in range(len(units)) if detector[k])
     source = result.source
@@ -85,6 +90,7 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
     for name, concepts in source.concepts_of().items():
         concept_sets.append({"name": name, "concepts": concepts})
     images_with = {c: int(n) for c, n in zip(layer.concepts, layer.images_with, strict=True)}
+    stats = getattr(layer, "image_stats", None)
     train = result.checkpoint.get("train", {})
     return {
         "schema": SCHEMA,
@@ -122,7 +128,19 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
         "unique_concepts": len(counts),
         "stats": {"upsampled_fraction": layer.upsampled_fraction,
                   "cache_reused": result.cache_reused, "timings_s": result.timings},
+        **({"image_stats": image_stats_block(stats)} if stats is not None else {}),
+        **({"bootstrap": layer.bootstrap} if getattr(layer, "bootstrap", None) else {}),
     }
+
+
+def image_stats_block(stats) -> dict[str, Any]:
+    """The ``image_stats`` block of ``dissection.json`` describing :data:`IMAGE_STATS_FILE`
+    (``stats``: a :class:`~cxrsem.statistics.imagestats.ImageStats`)."""
+    from cxrsem.statistics.imagestats import FORMAT
+
+    return {"file": IMAGE_STATS_FILE, "format": FORMAT, "num_images": stats.num_images,
+            "num_groups": stats.num_groups, "pairs": int(stats.mask_image.size),
+            "entries": int(stats.inter_image.size)}
 
 
 def unit_rows(record: Mapping[str, Any]) -> list[list[Any]]:

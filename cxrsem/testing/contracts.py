@@ -106,6 +106,16 @@ def check_concept_set(concept_set: Any, set_name: str, image_size: int, mask_siz
                 f"'masks' must be a bool tensor {expected}, got "
                 f"{getattr(masks, 'dtype', type(masks).__name__)} {tuple(getattr(masks, 'shape', ()))}")
         _expect(isinstance(item.get("id"), str), name, "'id' is not a string")
+    method = getattr(concept_set, "groups", None)
+    if method is not None:  # optional: the patient of every item
+        _expect(callable(method), name, "'groups' is not a method")
+        groups = method()
+        if groups is not None:
+            _expect(isinstance(groups, list) and len(groups) == len(concept_set), name,
+                    f"groups() must give a list of one patient id per item ({len(concept_set)}), "
+                    f"got {type(groups).__name__} of {len(groups) if hasattr(groups, '__len__') else '?'}")
+            _expect(all(isinstance(g, str) and g for g in groups), name,
+                    "groups() must give non-empty strings")
 
 
 def check_architecture(arch_name: str, *, image_size: int = 64, num_outputs: int = 3,
