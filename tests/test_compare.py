@@ -145,3 +145,25 @@ def test_dissect_bootstrap_and_compare_end_to_end(tmp_path, capsys, testkit):
     itself = compare([out / "a", out / "a"], resamples=100)
     assert all(r.p == 1.0 and r.difference.low == r.difference.high == 0
                for r in itself.comparisons[0].rows)
+
+
+def test_the_report_draws_bootstrap_intervals_at_their_own_threshold(tmp_path, capsys, testkit):
+    from cxrsem.reporting import build_report
+    from cxrsem.reporting.aggregate import model_counts
+    from cxrsem.reporting.collect import collect
+    from cxrsem.testing import tiny_checkpoint
+
+    model = tiny_checkpoint(tmp_path / "a.pt")
+    out = tmp_path / "d"
+    code, _, err = run_cli(["dissect", "--model", model, "--layer", "features", "--concepts",
+                            "toy-blobs", "--seg-size", 16, "--quantile", 0.05, "--bootstrap", 50,
+                            "--no-figures", "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    record = json.loads((out / "a" / "features" / "dissection.json").read_text())
+    (dissection,) = collect([out]).dissections
+    counts = model_counts(dissection, record["settings"]["iou_threshold"])
+    total = record["bootstrap"]["num_detectors"]
+    assert counts.interval == (total["low"], total["high"])
+    assert model_counts(dissection, 0.5).interval is None  # intervals belong to their threshold
+    report = build_report([out], out=tmp_path / "r.html")
+    assert (tmp_path / "r.html").is_file() and not report.warnings

@@ -82,17 +82,33 @@ class ModelCounts:
     total: int
     unique: int
     curve: list[tuple[float, int, int]]
+    interval: tuple[float, float] | None = None  # bootstrap interval of ``total``, when known
 
     @property
     def name(self) -> str:
         return self.dissection.name
 
 
+def total_interval(dissection: Dissection, threshold: float) -> tuple[float, float] | None:
+    """The bootstrap interval of the total detector count (``dissect --bootstrap``), when the
+    dissection has one at the report's ``threshold`` (intervals belong to their own threshold)."""
+    boot = dissection.data.get("bootstrap")
+    settings = dissection.settings
+    if not isinstance(boot, dict) or settings.get("iou_threshold") != threshold:
+        return None
+    total = boot.get("num_detectors")
+    if not isinstance(total, dict) or not all(isinstance(total.get(k), int | float)
+                                              for k in ("low", "high")):
+        return None
+    return float(total["low"]), float(total["high"])
+
+
 def model_counts(dissection: Dissection, threshold: float,
                  thresholds: Sequence[float] = THRESHOLDS) -> ModelCounts:
     counts = detector_counts(dissection.units, threshold, dissection.concepts)
     return ModelCounts(dissection, counts, sum(counts.values()), unique_concepts(counts),
-                       threshold_curve(dissection.units, thresholds))
+                       threshold_curve(dissection.units, thresholds),
+                       total_interval(dissection, threshold))
 
 
 def count_at(model: ModelCounts, threshold: float) -> int:
@@ -114,6 +130,7 @@ class RunSeries:
     counts: dict[str, list[int]]  # concept -> count per epoch
     totals: list[int]
     models: list[str] = field(default_factory=list)
+    bands: list[tuple[float, float] | None] = field(default_factory=list)  # intervals of totals
 
 
 def _prefer(a: Dissection, b: Dissection) -> Dissection:
@@ -161,7 +178,8 @@ def evolution_series(dissections: Sequence[Dissection], threshold: float) -> lis
         series.append(RunSeries(
             name=name, run_dir=run_dir, layer=layer, epochs=epochs,
             counts={c: [counts.get(c, 0) for counts in per_epoch] for c in concepts},
-            totals=[sum(counts.values()) for counts in per_epoch], models=[d.name for d in members]))
+            totals=[sum(counts.values()) for counts in per_epoch], models=[d.name for d in members],
+            bands=[total_interval(d, threshold) for d in members]))
     return series
 
 

@@ -60,9 +60,15 @@ def detectors_figure(models: Sequence[ModelCounts], concepts: Sequence[str], col
         ax.bar(range(n), heights, bottom=bottoms, color=colors[concept], edgecolor="white",
                linewidth=0.5, label=mpl_text(concept, 32), width=0.7)
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-    top = max([m.total for m in models] + [1])
+    top = max([m.total for m in models] + [m.interval[1] for m in models if m.interval] + [1])
     for i, m in enumerate(models):
-        ax.text(i, m.total + top * 0.015, f"{m.total}", ha="center", va="bottom", fontsize=9,
+        label, above = f"{m.total}", m.total
+        if m.interval is not None:  # dissect --bootstrap: the total's interval as an error bar
+            low, high = m.interval
+            ax.errorbar(i, m.total, yerr=[[max(m.total - low, 0)], [max(high - m.total, 0)]],
+                        fmt="none", ecolor="#222222", elinewidth=1.0, capsize=4)
+            label, above = f"{m.total} [{low:g}, {high:g}]", max(high, m.total)
+        ax.text(i, above + top * 0.015, label, ha="center", va="bottom", fontsize=9,
                 fontweight="bold")
     ax.set_xticks(range(n), [_tick_label(m.name) for m in models], fontsize=7.5,
                   rotation=0 if n <= 4 else 30, ha="center" if n <= 4 else "right")
@@ -104,6 +110,10 @@ def evolution_figure(series: Sequence[RunSeries], colors: dict[str, str], thresh
         total_ax.plot(run.epochs, run.totals, color="#222222", linestyle=styles[i % len(styles)],
                       marker=markers[i % len(markers)], markersize=3.5, linewidth=1.4,
                       label=mpl_text(run.name, 40))
+        if run.bands and all(band is not None for band in run.bands):  # dissect --bootstrap
+            total_ax.fill_between(run.epochs, [b[0] for b in run.bands], [b[1] for b in run.bands],
+                                  color="#222222", alpha=0.12, linewidth=0)
+            top = max(top, *(b[1] for b in run.bands))
     total_ax.set_title("total detectors", fontsize=8.5)
     total_ax.legend(fontsize=7, frameon=False, loc="best")
     peak = max([max(v) for s in series for v in s.counts.values()] + [1])
