@@ -1,12 +1,16 @@
 """The paper's central claim, reproduced on the phantom: training creates concept detectors.
 
-    .venv/bin/python benchmarks/science_check.py [--epochs 4] [--image-size 96] [--seeds 0 1]
+    .venv/bin/python benchmarks/science_check.py [--epochs 4] [--image-size 96] [--seeds 0 1] \
+        [--bootstrap 1000]
 
 Trains ``densenet-mini`` on phantom severity (``mae-scce``, the BrixIA 6-zone loss), dissects its
 ``epoch-000.pt`` (the initial model) and its final checkpoint at ``denseblock4`` against the
 phantom's masks (quantile 0.005, IoU > 0.04), and compares the number of detectors of the concepts
 that drive the severity score (Consolidation and Ground Glass Opacities: the phantom's zone scores
-are computed from them) and of all lesion concepts.  Prints both detector tables and the verdict.
+are computed from them) and of all lesion concepts.  Prints both detector tables and the verdict,
+with a paired bootstrap over the dissection images (``--bootstrap`` resamples, the same images for
+both models: :mod:`cxrsem.statistics.bootstrap`) of trained minus initial: its 95% interval and
+two-sided p-value for the opacity detectors, all lesion detectors and all detectors.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from cxrsem.dissection import DissectSettings, dissect
+from cxrsem.statistics.bootstrap import interval, p_value, resample, resample_weights, same_images
 from cxrsem.training import TrainConfig, train
 
 OPACITY = ("Consolidation", "Ground Glass Opacities")
@@ -29,7 +36,25 @@ def detectors(layer, threshold: float = 0.04) -> Counter:
     return Counter(layer.concepts[b] for b, v in zip(best, iou, strict=True) if v > threshold)
 
 
-def run(seed: int, epochs: int, image_size: int, n_train: int, n_images: int, folder: Path) -> dict:
+def paired_difference(initial, trained, resamples: int, seed: int) -> None:
+    """Trained minus initial, resampled over the same images for both (a paired bootstrap)."""
+    a, b = initial.image_stats, trained.image_stats
+    assert same_images(a, b) is None, "both models are dissected on the same phantom images"
+    weights = resample_weights(a.groups, resamples, seed)
+    ones = np.ones((1, a.num_images), dtype=np.int64)
+    for label, concepts in (("opacity", OPACITY), ("lesions", LESIONS), ("all", None)):
+        columns = [a.concepts.index(c) for c in concepts] if concepts else slice(None)
+        counts = {name: (resample(s, w).counts[:, columns].sum(axis=1))
+                  for name, s, w in (("a", a, weights), ("b", b, weights),
+                                     ("a0", a, ones), ("b0", b, ones))}
+        d = counts["b"] - counts["a"]
+        low, high = interval(d.astype(float))
+        print(f"  trained - initial, {label:8s}: {int(counts['b0'][0] - counts['a0'][0]):+d} "
+              f"[{low:+g}, {high:+g}], p = {p_value(d):.3f} ({resamples} paired resamples)")
+
+
+def run(seed: int, epochs: int, image_size: int, n_train: int, n_images: int, folder: Path,
+        resamples: int = 1000) -> dict:
     started = time.perf_counter()
     result = train(TrainConfig(out=str(folder / f"run{seed}"), dataset="phantom", loss="mae-scce",
                                arch="densenet-mini", epochs=epochs, image_size=image_size, lr=2e-3,
@@ -49,6 +74,8 @@ def run(seed: int, epochs: int, image_size: int, n_train: int, n_images: int, fo
         lesions = sum(count[c] for c in LESIONS)
         listing = ", ".join(f"{c} {n}" for c, n in count.most_common()) or "none"
         print(f"  {name:8s} total {sum(count.values()):2d}, opacity {opacity}, lesions {lesions}: {listing}")
+    if resamples:
+        paired_difference(initial.layers[0], trained.layers[0], resamples, seed)
     return counts
 
 
@@ -59,11 +86,13 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=1200)
     parser.add_argument("--dissect-images", type=int, default=400)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--bootstrap", type=int, default=1000, help="paired resamples (0: none)")
     args = parser.parse_args()
     wins = 0
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            counts = run(seed, args.epochs, args.image_size, args.n_train, args.dissect_images, Path(tmp))
+            counts = run(seed, args.epochs, args.image_size, args.n_train, args.dissect_images, Path(tmp),
+                         args.bootstrap)
             gained = sum(counts["trained"][c] for c in OPACITY) > sum(counts["initial"][c] for c in OPACITY)
             wins += gained
     print(f"opacity detectors increased with training in {wins} of {len(args.seeds)} runs")
