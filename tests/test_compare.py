@@ -167,3 +167,50 @@ def test_the_report_draws_bootstrap_intervals_at_their_own_threshold(tmp_path, c
     assert model_counts(dissection, 0.5).interval is None  # intervals belong to their threshold
     report = build_report([out], out=tmp_path / "r.html")
     assert (tmp_path / "r.html").is_file() and not report.warnings
+
+
+def test_sensitivity_grid_equals_separate_dissections(tmp_path, capsys, testkit):
+    """One read of the cache for the whole grid gives exactly what a dissection at each quantile
+    and IoU threshold gives on its own."""
+    from cxrsem.dissection import sensitivity
+    from cxrsem.testing import tiny_checkpoint
+
+    model = tiny_checkpoint(tmp_path / "m.pt", seed=3)
+    base = ["dissect", "--model", model, "--layer", "features", "--concepts", "toy-blobs",
+            "--seg-size", 16, "--no-figures", "--quiet"]
+    code, _, err = run_cli([*base, "--sensitivity", "--out", tmp_path / "grid"], capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "grid" / "m" / "features" / "dissection.json").read_text())
+    grid = record["sensitivity"]
+    assert grid["quantiles"] == list(sensitivity.QUANTILES)
+    row = grid["quantiles"].index(record["settings"]["quantile"])
+    col = grid["iou_thresholds"].index(record["settings"]["iou_threshold"])
+    assert grid["detectors"][row][col] == record["num_detectors"]
+    for i, q in enumerate(grid["quantiles"]):
+        out = tmp_path / f"q{i}"
+        code, _, err = run_cli([*base, "--quantile", q, "--out", out], capsys)
+        assert code == 0, err
+        alone = json.loads((out / "m" / "features" / "dissection.json").read_text())
+        best = [u["iou"] for u in alone["units"]]
+        for j, t in enumerate(grid["iou_thresholds"]):
+            assert grid["detectors"][i][j] == sum(v > t for v in best), (q, t)
+
+
+def test_report_cards_show_patients_intervals_and_the_sensitivity_grid(tmp_path, capsys, testkit):
+    from cxrsem.reporting import build_report
+    from cxrsem.testing import tiny_checkpoint
+
+    model = tiny_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "d"
+    code, _, err = run_cli(["dissect", "--model", model, "--layer", "features", "--concepts",
+                            "toy-blobs", "--seg-size", 16, "--bootstrap", 20, "--sensitivity",
+                            "--no-figures", "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    record = json.loads((out / "m" / "features" / "dissection.json").read_text())
+    build_report([out], out=tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    images = record["image_stats"]["num_images"]
+    assert f"{images} / {record['image_stats']['num_groups']}" in page
+    assert "resamples of patients" in page and "q = 0.0025" in page
+    first = record["sensitivity"]["detectors"][0]
+    assert f"0.02: {first[0]}, 0.03: {first[1]}" in page

@@ -202,3 +202,17 @@ def test_merging_incompatible_statistics_fails_clearly():
         TopImages(6, 4).merge(TopImages(6, 3))
     with pytest.raises(StatisticMismatch, match="'iou-tally' cannot be loaded as 'top-images'"):
         TopImages.from_state_dict(IoUTally.zeros(2, 2).state_dict())
+
+
+def test_one_stream_gives_every_smaller_quantile_bit_for_bit():
+    values = torch.randint(0, 50, (6, 4000)).float()  # many ties
+    wide = StreamingTopQuantile(6, 4000, 0.02)
+    wide.update(values)
+    for q in (0.001, 0.0025, 0.005, 0.01, 0.02):
+        alone = StreamingTopQuantile(6, 4000, q)
+        alone.update(values)
+        assert np.array_equal(wide.threshold_at(q), alone.thresholds())
+        expected = np.quantile(values.double().numpy(), 1 - q, axis=1, method="inverted_cdf")
+        assert np.array_equal(alone.thresholds(), expected)
+    with pytest.raises(Exception, match="keeps"):
+        wide.threshold_at(0.05)

@@ -55,6 +55,8 @@ def dissect_command(
     group_by: str = library_option(_D, "group_by", "What a resample draws: patient (where the "
                                    "concept set knows them) or image."),
     confidence: float = library_option(_D, "confidence", "Confidence of the intervals."),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="Also count detectors over a "
+                                     "grid of quantiles x IoU thresholds (one more cache read)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute activations even if cached."),
     cache_dtype: str = library_option(_D, "cache_dtype", "float32 (exact) or float16."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the unit and summary PNGs."),
@@ -67,7 +69,8 @@ def dissect_command(
     settings = DissectSettings(
         quantile=quantile, quantile_sample=quantile_sample, iou_threshold=iou_threshold,
         seg_size=seg_size, limit=limit, batch_size=batch_size, cache_dtype=cache_dtype,
-        use_cache=not no_cache, bootstrap=bootstrap, group_by=group_by, confidence=confidence)
+        use_cache=not no_cache, bootstrap=bootstrap, group_by=group_by, confidence=confidence,
+        sensitivity=sensitivity)
     with PhaseProgress(quiet=quiet) as progress:
         results = dissect(
             model, layer, out=out, concepts=concepts,

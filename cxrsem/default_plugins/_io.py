@@ -296,7 +296,9 @@ def subset(n: int, limit: int, seed: int) -> list[int]:
 
 
 def _centres(extent: float, m: int) -> np.ndarray:
-    return (np.arange(m, dtype=np.float64) + 0.5) * (float(extent) / m)
+    # Multiply, then divide once: (i + 0.5) * extent is exact, so a centre that falls exactly on a
+    # pixel edge stays on it (extent / m first rounds, and 5.5 * (30 / 11) is 14.999...).
+    return (np.arange(m, dtype=np.float64) + 0.5) * float(extent) / m
 
 
 def _cell(coord: np.ndarray | float, extent: float, m: int) -> np.ndarray:

@@ -102,3 +102,15 @@ class StreamingTopQuantile:
         if self.seen != self.n:
             raise RuntimeError(f"expected {self.n} values per unit, got {self.seen}")
         return self.top.min(dim=1).values.double().cpu().numpy()
+
+    def threshold_at(self, quantile: float) -> np.ndarray:
+        """T_k for another ``quantile`` not above this stream's: the kept values are the unit's
+        ``keep`` largest, so they hold the fewer largest ones that quantile needs -- one stream
+        serves a whole grid of quantiles, exactly (the same values a stream of its own gives)."""
+        if self.seen != self.n:
+            raise RuntimeError(f"expected {self.n} values per unit, got {self.seen}")
+        keep = self.n - quantile_index(self.n, quantile)
+        if keep > self.keep:
+            raise UsageError(f"quantile {quantile} needs the {keep} largest values per unit; this "
+                             f"stream keeps {self.keep}")
+        return torch.topk(self.top, keep, dim=1).values.min(dim=1).values.double().cpu().numpy()

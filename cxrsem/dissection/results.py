@@ -88,7 +88,7 @@ def _write_set(folder: Path, result, layer, settings, *, concepts: Sequence[str]
         "iou_threshold": settings.iou_threshold, "seg_size": settings.seg_size,
         "limit": settings.limit, "batch_size": settings.batch_size, "seed": seed,
         "bootstrap": settings.bootstrap, "group_by": settings.group_by,
-        "confidence": settings.confidence}})
+        "confidence": settings.confidence, "sensitivity": settings.sensitivity}})
     write_manifest(folder, seed=seed, device=device)
     record["files"] = folder_files(folder)  # what belongs to this result, dissection.json aside
     write_record(folder, record)  # last: its presence means the folder is complete

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cxrsem.checkpoint import build_model, load_model, source_prefix, state_dict_sha256
+from cxrsem.dissection import sensitivity
 from cxrsem.dissection.cache import DamagedCache, DissectionCache, cache_key, sweep
 from cxrsem.dissection.concepts import ConceptSource, build_concept_source
 from cxrsem.dissection.quantile import StreamingTopQuantile
@@ -63,6 +64,7 @@ class DissectSettings:
     bootstrap: int = 0              # resamples for intervals (0: none); see statistics.bootstrap
     group_by: str = "patient"       # what a resample draws: patients (where known) or images
     confidence: float = DEFAULT_CONFIDENCE  # of the bootstrap's percentile intervals
+    sensitivity: bool = False       # also count detectors over a grid of quantiles x IoU thresholds
 
     def validate(self) -> None:
         if not 0.0 < self.quantile < 1.0:
@@ -109,6 +111,8 @@ class LayerDissection:
     # With --bootstrap: the record's "bootstrap" block and each unit's interval / P(detector).
     bootstrap: dict[str, Any] | None = None
     unit_bootstrap: list[dict[str, Any]] | None = None
+    # With --sensitivity: detector counts over a grid of quantiles x IoU thresholds.
+    sensitivity: dict[str, Any] | None = None
 
     @property
     def best(self) -> tuple[np.ndarray, np.ndarray]:
@@ -198,23 +202,30 @@ def _forward_into(folder: Path, model: torch.nn.Module, layers: list[str], sourc
     return info
 
 
-def _thresholds(store, count: int, quantile: float, batch_size: int,
-                device: torch.device) -> np.ndarray:
-    """Pass 2: exact per-unit quantile over the first ``count`` images' activations."""
+def _thresholds(store, count: int, quantile: float, batch_size: int, device: torch.device,
+                grid: Sequence[float] = ()) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """Pass 2: exact per-unit quantile over the first ``count`` images' activations, and the
+    thresholds of every quantile of ``grid`` from the same stream (kept for the largest)."""
     units, h, w = store.record_shape
-    stream = StreamingTopQuantile(units, count * h * w, quantile, device=device)
+    stream = StreamingTopQuantile(units, count * h * w, max((quantile, *grid)), device=device)
     for _, records in store.batches(batch_size, count):
         values = torch.from_numpy(records.astype(np.float32)).to(device)
         stream.update(values.permute(1, 0, 2, 3).reshape(units, -1))
-    return stream.thresholds()
+    if not grid:
+        return stream.thresholds(), {}
+    return stream.threshold_at(quantile), {q: stream.threshold_at(q) for q in grid}
 
 
 def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
-           settings: DissectSettings, device: torch.device, progress: Progress):
-    """Pass 3: IoU sums (Eq. 5) and the top-activating images of every unit."""
+           settings: DissectSettings, device: torch.device, progress: Progress,
+           grid: Mapping[float, np.ndarray] | None = None):
+    """Pass 3: IoU sums (Eq. 5) and the top-activating images of every unit; with ``grid``
+    (quantile -> thresholds) also an IoU tally per quantile, from the same read of the cache."""
     units = store.record_shape[0]
     tally = IoUTally.zeros(units, concepts, device=device)
     thresholds_t = torch.from_numpy(thresholds).to(device)
+    others = {q: (IoUTally.zeros(units, concepts, device=device, per_image=False),
+                  torch.from_numpy(t).to(device)) for q, t in (grid or {}).items()}
     top = TopImages(units, TOP_IMAGES, device=device)
     mask_batches = masks_store.batches(settings.batch_size, count)
     for (start, records), (_, packed) in zip(store.batches(settings.batch_size, count),
@@ -222,10 +233,13 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
         activations = torch.from_numpy(records.astype(np.float32)).to(device)
         labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
         tally.update(activations, thresholds_t, labels, image_offset=start)
+        for other, other_thresholds in others.values():
+            other.update(activations, other_thresholds, labels, image_offset=start)
         top.update(activations.amax(dim=(2, 3)),
                    torch.arange(start, start + activations.shape[0], device=device))
         progress("advance", amount=activations.shape[0])
-    return tally, top.images.cpu().numpy(), top.values.cpu().numpy()
+    grid_ious = {q: other.iou() for q, (other, _) in others.items()}
+    return tally, top.images.cpu().numpy(), top.values.cpu().numpy(), grid_ious
 
 
 def dissect_model(model_path: Path, layer_names: Sequence[str],
@@ -307,12 +321,15 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
         store = cache.layer_store(layer, tuple(info["shapes"][layer]), info["dtype"])
         started = time.perf_counter()
         progress("phase", name=f"thresholds {layer}", total=None)
-        thresholds = _thresholds(store, sample, settings.quantile, settings.batch_size, device)
+        grid = sensitivity.QUANTILES if settings.sensitivity else ()
+        thresholds, grid_thresholds = _thresholds(store, sample, settings.quantile,
+                                                  settings.batch_size, device, grid)
         result.timings[f"quantile:{layer}"] = time.perf_counter() - started
         started = time.perf_counter()
         progress("phase", name=f"tally {layer}", total=count)
-        tally, top_images, top_values = _tally(store, masks_store, thresholds, len(source.concepts),
-                                               count, settings, device, progress)
+        tally, top_images, top_values, grid_ious = _tally(
+            store, masks_store, thresholds, len(source.concepts), count, settings, device,
+            progress, grid_thresholds)
         result.timings[f"tally:{layer}"] = time.perf_counter() - started
         image_stats = tally.image_stats(list(source.concepts), num_images=count, groups=groups,
                                         group_names=group_names)
@@ -322,7 +339,8 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
             top_values=top_values, activation_min=info["activation_min"][layer],
             feature_shape=tuple(info["shapes"][layer]), threshold_images=sample,
             upsampled_fraction=tally.upsampled_pairs / max(tally.total_pairs, 1),
-            image_stats=image_stats))
+            image_stats=image_stats,
+            sensitivity=sensitivity.grid(grid_ious) if grid_ious else None))
 
 
 def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | Path,

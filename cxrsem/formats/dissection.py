@@ -130,6 +130,7 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
                   "cache_reused": result.cache_reused, "timings_s": result.timings},
         **({"image_stats": image_stats_block(stats)} if stats is not None else {}),
         **({"bootstrap": layer.bootstrap} if getattr(layer, "bootstrap", None) else {}),
+        **({"sensitivity": layer.sensitivity} if getattr(layer, "sensitivity", None) else {}),
     }
 
 

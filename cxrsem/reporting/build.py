@@ -180,6 +180,33 @@ def pretraining_chain(d: Dissection, by_path: Mapping[str, Dissection], depth: i
     return " ← ".join(parts)
 
 
+def _uncertainty_rows(d: Dissection) -> list[tuple[str, str]]:
+    """Images and patients behind the counts and, with ``dissect --bootstrap``, their intervals."""
+    rows = []
+    stats = d.data.get("image_stats")
+    if isinstance(stats, Mapping) and isinstance(stats.get("num_groups"), int):
+        rows.append(("images / patients", f"{_fmt(stats.get('num_images'))} / {stats['num_groups']}"))
+    boot = d.data.get("bootstrap")
+    if isinstance(boot, Mapping) and isinstance(boot.get("num_detectors"), Mapping):
+        total = boot["num_detectors"]
+        rows.append(("bootstrap (at the dissection's threshold)",
+                     f"{_fmt(total.get('count'))} [{_fmt(total.get('low'))}, {_fmt(total.get('high'))}] "
+                     f"detectors, {_fmt(boot.get('confidence'))} interval from "
+                     f"{_fmt(boot.get('resamples'))} resamples of {_fmt(boot.get('group_by'))}s"))
+    return rows
+
+
+def _sensitivity_rows(d: Dissection) -> list[tuple[str, str]]:
+    """``dissect --sensitivity``: one row per quantile, the counts at each IoU threshold."""
+    grid = d.data.get("sensitivity")
+    if not isinstance(grid, Mapping):
+        return []
+    thresholds = grid.get("iou_thresholds") or []
+    return [(f"q = {q:g}", ", ".join(f"{t:g}: {n}" for t, n in zip(thresholds, counts, strict=False)))
+            for q, counts in zip(grid.get("quantiles") or [], grid.get("detectors") or [],
+                                 strict=False)]
+
+
 def model_card(d: Dissection, counts: ModelCounts, by_path: Mapping[str, Dissection]) -> ModelCard:
     model = d.data.get("model") if isinstance(d.data.get("model"), Mapping) else {}
     task = model.get("task") if isinstance(model.get("task"), Mapping) else {}
@@ -215,7 +242,8 @@ def model_card(d: Dissection, counts: ModelCounts, by_path: Mapping[str, Dissect
             ("dissected with cxrsem", _fmt(manifest.get("cxrsem"))),
             ("dissected on", _fmt(manifest.get("created"))),
             ("result", str(d.json_path)),
-        ]),
+        ] + _uncertainty_rows(d)),
+        ("Sensitivity: detectors by quantile q (rows) and IoU threshold", _sensitivity_rows(d)),
     ]
     metrics = d.train.get("metrics") if isinstance(d.train.get("metrics"), Mapping) else {}
     concept_sets: list[tuple[str, list[tuple[str, int | None]]]] = []

@@ -164,6 +164,17 @@ def test_paste_mask_matches_full_canvas_nearest(data, width, height, m):
         assert out.any() == visible
 
 
+def test_cell_centre_on_a_pixel_edge_samples_the_pixel_after_it():
+    # Cell 5 of 11 on a 30-pixel side has its centre at 5.5 * 30 / 11 = 15 exactly: pixel 15, not
+    # 14 (found by the property test above; a rounded 30 / 11 put it at 14.999...).
+    crop = np.zeros((15, 1), bool)
+    crop[10:] = True  # pixel rows 10-14; cell 4 samples row 12, cell 5 row 15 (outside)
+    out = np.zeros((11, 11), bool)
+    paste_mask(out, crop, 0, 0, (5, 30))
+    np.testing.assert_array_equal(out, _paste_oracle(crop, 0, 0, (5, 30), 11))
+    assert out[4, :2].all() and not out[5].any()
+
+
 def test_thin_mask_survives_coarse_grid():
     crop = np.zeros((40, 3), bool)
     crop[:, 1] = True  # a one-pixel tube
