@@ -145,6 +145,17 @@ def test_dissect_bootstrap_and_compare_end_to_end(tmp_path, capsys, testkit):
     itself = compare([out / "a", out / "a"], resamples=100)
     assert all(r.p == 1.0 and r.difference.low == r.difference.high == 0
                for r in itself.comparisons[0].rows)
+    # The report writes compare's sentence for the totals under Fig. 2.
+    from cxrsem.reporting import build_report
+
+    build_report([out], out=tmp_path / "r.md", fmt="md")
+    page = (tmp_path / "r.md").read_text()
+    report_rows = compare([out / "a", out / "b"]).comparisons[0].rows  # the report's resamples
+    total = next(r for r in report_rows if r.quantity == "all concepts (total detectors)")
+    (line,) = [row for row in page.splitlines() if "(paired bootstrap, 1000 resamples)" in row]
+    for estimate in (total.a, total.b):  # the sentence quotes both counts with their intervals
+        assert str(estimate).replace("[", "\\[").replace("]", "\\]") in line, line
+    assert "(paired bootstrap, 1000 resamples)" in page
 
 
 def test_the_report_draws_bootstrap_intervals_at_their_own_threshold(tmp_path, capsys, testkit):

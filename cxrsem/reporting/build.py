@@ -332,6 +332,41 @@ def _attribution_view(s: AttributionSet, threshold: float, title: str) -> Attrib
                            table=top_contributor_table(s, threshold) if named else [])
 
 
+REPORT_RESAMPLES = 1000  # bootstrap resamples behind the report's comparison sentences
+
+
+def _bootstrap_sentences(dissections: Sequence[Dissection], threshold: float, warnings: list[str],
+                         last_only: bool = False) -> list[str]:
+    """``cxrsem compare``'s sentences for these dissections against the first (the total, and
+    every concept whose difference is significant), when each has its per-image statistics and
+    was dissected at the report's threshold; ``last_only``: only the last against the first (an
+    epoch series: the final checkpoint against epoch 0)."""
+    from cxrsem.errors import CxrsemError
+    from cxrsem.statistics.compare import IMAGE_STATS, TOTAL, Model, compare_models
+    from cxrsem.statistics.imagestats import ImageStats
+
+    usable = [d for d in dissections if (d.folder / IMAGE_STATS).is_file()
+              and d.settings.get("iou_threshold") == threshold]
+    if last_only:
+        usable = usable[:1] + usable[-1:] if len(usable) > 1 else []
+    if len(usable) < 2:
+        return []
+    try:
+        models = [Model(d.name, d.result, ImageStats.load(d.folder / IMAGE_STATS)) for d in usable]
+        result = compare_models(models, resamples=REPORT_RESAMPLES)
+    except CxrsemError as exc:
+        warnings.append(f"bootstrap comparison skipped: {exc}")
+        return []
+    sentences = []
+    for comparison in result.comparisons:
+        how = "paired" if comparison.paired else "unpaired"
+        for row in comparison.rows:
+            if row.quantity == TOTAL or row.significant(result.alpha):
+                sentences.append(f"{row.sentence(comparison.a, comparison.b, result.alpha)} "
+                                 f"({how} bootstrap, {result.resamples} resamples)")
+    return sentences
+
+
 def assemble(collected: Collected, threshold: float, *, version: str,
              with_figures: bool = True) -> ReportData:
     dissections = collected.dissections
@@ -349,11 +384,17 @@ def assemble(collected: Collected, threshold: float, *, version: str,
     for s in collected.attributions:
         base = s.dissection.name if s.dissection is not None else Path(s.model_path).stem
         names[id(s)] = base if base not in names.values() else f"{base} ({s.folder.name})"
+    observations = _observations(models, threshold) + _bootstrap_sentences(
+        dissections, threshold, warnings)
+    run_observations = _run_observations(runs)
+    for run in runs:
+        members = [d for name in run.models for d in dissections if d.name == name]
+        run_observations += _bootstrap_sentences(members, threshold, warnings, last_only=True)
     data = ReportData(
         threshold=threshold, thresholds=THRESHOLDS, version=version, warnings=warnings,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         models=models, concepts=concepts, colors=colors,
-        observations=_observations(models, threshold), runs=runs, run_observations=_run_observations(runs),
+        observations=observations, runs=runs, run_observations=run_observations,
         gallery=[_gallery(m, threshold, gallery_limit(len(models))) for m in models],
         attributions=[_attribution_view(s, threshold, names[id(s)]) for s in collected.attributions],
         cards=[model_card(m.dissection, m, by_path) for m in models],

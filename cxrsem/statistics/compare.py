@@ -230,11 +230,26 @@ def compare(dirs: Sequence[str | Path], *, resamples: int = DEFAULT_RESAMPLES,
     with a bootstrap of ``resamples`` over images or patients (``group_by``); ``pairing="paired"``
     refuses models dissected on other images, ``"unpaired"`` never pairs.  Writes the result as
     JSON to ``out`` when given."""
+    result = compare_models(load_models(dirs), resamples=resamples, confidence=confidence,
+                            seed=seed, group_by=group_by, pairing=pairing)
+    if out is not None:
+        from cxrsem.outputs import write_json
+
+        write_json(Path(out), result.to_json())
+    return result
+
+
+def compare_models(models: Sequence[Model], *, resamples: int = DEFAULT_RESAMPLES,
+                   confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
+                   group_by: Literal["patient", "image"] = "patient",
+                   pairing: Pairing = "auto") -> CompareResult:
+    """:func:`compare` on loaded models (the first is the reference)."""
     if pairing not in ("auto", "paired", "unpaired"):
         raise UsageError(f"pairing must be auto, paired or unpaired, got {pairing!r}")
     if group_by not in ("patient", "image"):
         raise UsageError(f"--group-by must be patient or image, got {group_by!r}")
-    models = load_models(dirs)
+    if len(models) < 2:
+        raise UsageError(f"compare needs at least two dissection results; found {len(models)}")
     reference = models[0]
     point = {id(m): resample(m.stats, np.ones((1, m.stats.num_images), dtype=np.int64),
                              m.threshold) for m in models}
@@ -280,10 +295,5 @@ def compare(dirs: Sequence[str | Path], *, resamples: int = DEFAULT_RESAMPLES,
     for rows in by_quantity.values():
         for row, adjusted in zip(rows, holm([r.p for r in rows]), strict=True):
             row.p_adjusted = adjusted
-    result = CompareResult([m.name for m in models], comparisons, resamples, confidence, seed,
-                           group_by, notes)
-    if out is not None:
-        from cxrsem.outputs import write_json
-
-        write_json(Path(out), result.to_json())
-    return result
+    return CompareResult([m.name for m in models], comparisons, resamples, confidence, seed,
+                         group_by, notes)
