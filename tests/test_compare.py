@@ -222,6 +222,7 @@ def test_report_cards_show_patients_intervals_and_the_sensitivity_grid(tmp_path,
     page = (tmp_path / "r.html").read_text()
     images = record["image_stats"]["num_images"]
     assert f"{images} / {record['image_stats']['num_groups']}" in page
+    assert f"toy-blobs: images / patients</th><td>{images} / {images}" in page  # one per image
     assert "resamples of patients" in page and "q = 0.0025" in page
     first = record["sensitivity"]["detectors"][0]
     assert f"0.02: {first[0]}, 0.03: {first[1]}" in page

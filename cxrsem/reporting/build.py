@@ -186,6 +186,7 @@ def _uncertainty_rows(d: Dissection) -> list[tuple[str, str]]:
     stats = d.data.get("image_stats")
     if isinstance(stats, Mapping) and isinstance(stats.get("num_groups"), int):
         rows.append(("images / patients", f"{_fmt(stats.get('num_images'))} / {stats['num_groups']}"))
+        rows += _per_set_patients(d)
     boot = d.data.get("bootstrap")
     if isinstance(boot, Mapping) and isinstance(boot.get("num_detectors"), Mapping):
         total = boot["num_detectors"]
@@ -194,6 +195,28 @@ def _uncertainty_rows(d: Dissection) -> list[tuple[str, str]]:
                      f"detectors, {_fmt(boot.get('confidence'))} interval from "
                      f"{_fmt(boot.get('resamples'))} resamples of {_fmt(boot.get('group_by'))}s"))
     return rows
+
+
+def _per_set_patients(d: Dissection) -> list[tuple[str, str]]:
+    """Images and patients of each concept set (group names are ``"<set>/<patient>"``), read
+    from ``imagestats.npz``; nothing when it is missing or unreadable."""
+    from collections import Counter
+
+    from cxrsem.errors import CxrsemError
+    from cxrsem.statistics.imagestats import ImageStats
+
+    path = d.own_file("imagestats.npz")
+    if path is None:
+        return []
+    try:
+        stats = ImageStats.load(path)
+    except CxrsemError:
+        return []
+    set_of_group = [name.split("/", 1)[0] for name in stats.group_names]
+    images = Counter(set_of_group[g] for g in stats.groups.tolist())
+    patients = Counter(set_of_group)
+    return [(f"  {name}: images / patients", f"{images[name]} / {patients[name]}")
+            for name in dict.fromkeys(set_of_group)]
 
 
 def _sensitivity_rows(d: Dissection) -> list[tuple[str, str]]:
@@ -345,14 +368,14 @@ def _bootstrap_sentences(dissections: Sequence[Dissection], threshold: float, wa
     from cxrsem.statistics.compare import IMAGE_STATS, TOTAL, Model, compare_models
     from cxrsem.statistics.imagestats import ImageStats
 
-    usable = [d for d in dissections if (d.folder / IMAGE_STATS).is_file()
+    usable = [d for d in dissections if d.own_file(IMAGE_STATS) is not None
               and d.settings.get("iou_threshold") == threshold]
     if last_only:
         usable = usable[:1] + usable[-1:] if len(usable) > 1 else []
     if len(usable) < 2:
         return []
     try:
-        models = [Model(d.name, d.result, ImageStats.load(d.folder / IMAGE_STATS)) for d in usable]
+        models = [Model(d.name, d.result, ImageStats.load(d.own_file(IMAGE_STATS))) for d in usable]
         result = compare_models(models, resamples=REPORT_RESAMPLES)
     except CxrsemError as exc:
         warnings.append(f"bootstrap comparison skipped: {exc}")
