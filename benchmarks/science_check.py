@@ -21,19 +21,25 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from cxrsem.dissection import DissectSettings, dissect
-from cxrsem.statistics.bootstrap import interval, p_value, resample, resample_weights, same_images
+from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, is_detector
+from cxrsem.statistics.bootstrap import (
+    estimate_and_resample,
+    interval,
+    p_value,
+    resample_weights,
+    same_images,
+)
 from cxrsem.training import TrainConfig, train
 
 OPACITY = ("Consolidation", "Ground Glass Opacities")
 LESIONS = OPACITY + ("Pleural Effusion", "Pneumothorax", "Nodule", "Mass", "Atelectasis")
 
 
-def detectors(layer, threshold: float = 0.04) -> Counter:
+def detectors(layer, threshold: float = DEFAULT_IOU_THRESHOLD) -> Counter:
     best, iou = layer.best
-    return Counter(layer.concepts[b] for b, v in zip(best, iou, strict=True) if v > threshold)
+    return Counter(layer.concepts[b] for b, v in zip(best, iou, strict=True)
+                   if is_detector(v, threshold))
 
 
 def paired_difference(initial, trained, resamples: int, seed: int) -> None:
@@ -41,12 +47,11 @@ def paired_difference(initial, trained, resamples: int, seed: int) -> None:
     a, b = initial.image_stats, trained.image_stats
     assert same_images(a, b) is None, "both models are dissected on the same phantom images"
     weights = resample_weights(a.groups, resamples, seed)
-    ones = np.ones((1, a.num_images), dtype=np.int64)
+    (a0, a_b), (b0, b_b) = (estimate_and_resample(s, weights) for s in (a, b))
     for label, concepts in (("opacity", OPACITY), ("lesions", LESIONS), ("all", None)):
         columns = [a.concepts.index(c) for c in concepts] if concepts else slice(None)
-        counts = {name: (resample(s, w).counts[:, columns].sum(axis=1))
-                  for name, s, w in (("a", a, weights), ("b", b, weights),
-                                     ("a0", a, ones), ("b0", b, ones))}
+        counts = {name: r.counts[:, columns].sum(axis=1)
+                  for name, r in (("a", a_b), ("b", b_b), ("a0", a0), ("b0", b0))}
         d = counts["b"] - counts["a"]
         low, high = interval(d.astype(float))
         print(f"  trained - initial, {label:8s}: {int(counts['b0'][0] - counts['a0'][0]):+d} "

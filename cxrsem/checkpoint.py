@@ -146,6 +146,16 @@ def validate_checkpoint(data: Any, source: str) -> dict[str, Any]:
     return data
 
 
+def non_finite(state_dict: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """``(name, non-finite count, size)`` of the first floating-point tensor holding NaN/inf."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                return name, int((~finite).sum()), tensor.numel()
+    return None
+
+
 def check_finite(state_dict: Mapping[str, Any], source: str) -> None:
     """One :class:`CheckpointError` naming the first entry that is not a tensor or holds NaN/inf
     (a model with such weights only ever predicts NaN)."""
@@ -153,13 +163,12 @@ def check_finite(state_dict: Mapping[str, Any], source: str) -> None:
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"checkpoint {source}: state_dict entry {name!r} is a "
                                   f"{type(tensor).__name__}, not a tensor")
-        if tensor.is_floating_point() or tensor.is_complex():
-            finite = torch.isfinite(tensor)
-            if not bool(finite.all()):
-                count = int((~finite).sum())
-                raise CheckpointError(
-                    f"checkpoint {source}: tensor {name!r} has {count:,} non-finite value(s) "
-                    f"(NaN or inf) of {tensor.numel():,}; refusing a model with non-finite weights")
+    found = non_finite(state_dict)
+    if found is not None:
+        name, count, size = found
+        raise CheckpointError(
+            f"checkpoint {source}: tensor {name!r} has {count:,} non-finite value(s) "
+            f"(NaN or inf) of {size:,}; refusing a model with non-finite weights")
 
 
 def _is_int(value: Any) -> bool:

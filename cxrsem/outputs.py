@@ -407,3 +407,14 @@ def atomic_temp_target(name: str) -> str | None:
     when a writer was killed) was going to replace; None when ``name`` is no such temporary."""
     found = _TEMP_NAME.match(name)
     return found.group("target") if found else None
+
+
+def stale_temporaries(folder: str | Path, owned: Callable[[str], bool]) -> list[Path]:
+    """The temporaries of killed atomic writes in ``folder`` (not recursive) whose target file
+    name ``owned`` accepts: what a command may delete as its own leftovers, and nothing else."""
+    found = []
+    for path in sorted(Path(folder).iterdir()):
+        target = atomic_temp_target(path.name)
+        if target is not None and owned(target) and path.is_file() and not path.is_symlink():
+            found.append(path)
+    return found

@@ -64,8 +64,8 @@ from cxrsem.formats.attribution import (
 from cxrsem.formats.dissection import Dissection, load_dissection
 from cxrsem.outputs import (
     FolderLock,
-    atomic_temp_target,
     output_dir,
+    stale_temporaries,
     write_config,
     write_json,
     write_manifest,
@@ -307,10 +307,8 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
 def _remove_stale_temporaries(out_dir: Path) -> None:
     """Temporaries of atomic writes that a killed ``attribute`` left behind (``.NAME.XXXXXXXX.tmp``
     of a file it writes); anything else in the folder is left alone."""
-    for path in out_dir.iterdir():
-        target = atomic_temp_target(path.name)
-        if target is not None and target.endswith(_OWN_SUFFIXES) and path.is_file():
-            path.unlink(missing_ok=True)
+    for path in stale_temporaries(out_dir, lambda target: target.endswith(_OWN_SUFFIXES)):
+        path.unlink(missing_ok=True)
 
 
 def _attribute_into(out_dir: Path | None, inputs: Inputs, model: _Model, chosen_method: _Method,

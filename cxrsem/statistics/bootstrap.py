@@ -110,6 +110,11 @@ class Resampled:
     def total(self) -> np.ndarray:
         return self.counts.sum(axis=1)
 
+    def rows(self, index: slice) -> Resampled:
+        """The resamples ``index`` only."""
+        return Resampled(self.concepts, self.best_iou[index], self.best_concept[index],
+                         self.detector[index], self.counts[index])
+
     @property
     def unique(self) -> np.ndarray:
         return (self.counts > 0).sum(axis=1)
@@ -138,6 +143,15 @@ def resample(stats: ImageStats, weights: np.ndarray,
     rows, units = np.nonzero(detector)
     np.add.at(counts, (rows, best_concept[rows, units]), 1)
     return Resampled(list(stats.concepts), best_iou, best_concept, detector, counts)
+
+
+def estimate_and_resample(stats: ImageStats, weights: np.ndarray,
+                          threshold: float = DEFAULT_IOU_THRESHOLD) -> tuple[Resampled, Resampled]:
+    """``(point estimate, resamples)`` from one build of the sparse terms: the full set (every
+    image once) is resampled as one more row, first."""
+    ones = np.ones((1, stats.num_images), dtype=np.int64)
+    both = resample(stats, np.vstack([ones, np.atleast_2d(weights)]), threshold)
+    return both.rows(slice(0, 1)), both.rows(slice(1, None))
 
 
 def interval(samples: np.ndarray, confidence: float = DEFAULT_CONFIDENCE, axis: int = 0
@@ -193,9 +207,8 @@ def summarize(stats: ImageStats, *, resamples: int, seed: int = 0, group_by: str
     if group_by not in ("patient", "image"):
         raise UsageError(f"--group-by must be patient or image, got {group_by!r}")
     groups = stats.groups if group_by == "patient" else np.arange(stats.num_images)
-    weights = resample_weights(groups, resamples, seed)
-    samples = resample(stats, weights, threshold)
-    point = resample(stats, np.ones((1, stats.num_images), dtype=np.int64), threshold)
+    point, samples = estimate_and_resample(stats, resample_weights(groups, resamples, seed),
+                                           threshold)
 
     def estimate(value: float, values: np.ndarray) -> dict[str, float]:
         low, high = interval(values.astype(np.float64), confidence)

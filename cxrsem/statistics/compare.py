@@ -24,10 +24,10 @@ from cxrsem.formats.dissection import Dissection, parse_dissection
 from cxrsem.statistics.bootstrap import (
     DEFAULT_CONFIDENCE,
     Resampled,
+    estimate_and_resample,
     holm,
     interval,
     p_value,
-    resample,
     resample_weights,
     same_images,
 )
@@ -251,10 +251,9 @@ def compare_models(models: Sequence[Model], *, resamples: int = DEFAULT_RESAMPLE
     if len(models) < 2:
         raise UsageError(f"compare needs at least two dissection results; found {len(models)}")
     reference = models[0]
-    point = {id(m): resample(m.stats, np.ones((1, m.stats.num_images), dtype=np.int64),
-                             m.threshold) for m in models}
-    ref_samples = resample(reference.stats, _weights(reference.stats, group_by, resamples, seed),
-                           reference.threshold)
+    ref_weights = _weights(reference.stats, group_by, resamples, seed)
+    ref_point, ref_samples = estimate_and_resample(reference.stats, ref_weights,
+                                                   reference.threshold)
     comparisons: list[Comparison] = []
     notes: list[str] = []
     for other in models[1:]:
@@ -263,17 +262,15 @@ def compare_models(models: Sequence[Model], *, resamples: int = DEFAULT_RESAMPLE
             raise UsageError(f"--paired: {reference.name} and {other.name} were not dissected on "
                              f"the same images ({problem})")
         paired = pairing != "unpaired" and problem is None
-        if paired:
-            weights = _weights(reference.stats, group_by, resamples, seed)  # the same images drawn
-        else:
-            weights = _weights(other.stats, group_by, resamples, seed + 1 + len(comparisons))
-        samples = resample(other.stats, weights, other.threshold)
+        weights = (ref_weights if paired  # the same images drawn for both
+                   else _weights(other.stats, group_by, resamples, seed + 1 + len(comparisons)))
+        point, samples = estimate_and_resample(other.stats, weights, other.threshold)
         if reference.threshold != other.threshold:
             notes.append(f"{reference.name} and {other.name} use other IoU thresholds "
                          f"({reference.threshold:g}, {other.threshold:g}); each is counted at its own")
         rows = []
         qa, qb = _quantities(ref_samples), _quantities(samples)
-        pa, pb = _quantities(point[id(reference)]), _quantities(point[id(other)])
+        pa, pb = _quantities(ref_point), _quantities(point)
         for quantity in [*dict.fromkeys([*qa, *qb])]:
             if quantity not in qa or quantity not in qb:
                 continue  # a concept only one model was dissected against

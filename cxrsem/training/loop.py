@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from cxrsem.api import build_architecture, build_dataset, build_loss, resolve_component
-from cxrsem.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from cxrsem.checkpoint import load_checkpoint, make_checkpoint, non_finite, save_checkpoint
 from cxrsem.engine.data import make_loader, to_device
 from cxrsem.engine.device import autocast, resolve_device
 from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, InputSpec
@@ -44,8 +44,8 @@ from cxrsem.engine.runner import run_model
 from cxrsem.errors import ConfigError, DataError, TrainingError, UsageError
 from cxrsem.outputs import (
     FolderLock,
-    atomic_temp_target,
     output_dir,
+    stale_temporaries,
     toml_ready,
     write_config,
     write_manifest,
@@ -301,9 +301,9 @@ class _Run:
         return TrainingError(f"{why}; stopped, {self.good_checkpoint()} (try a lower --lr)")
 
     def check_finite_weights(self) -> None:
-        for name, tensor in self.model.state_dict().items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise self.diverged(f"weight {name} became non-finite at epoch {self.epoch}")
+        found = non_finite(self.model.state_dict())
+        if found is not None:
+            raise self.diverged(f"weight {found[0]} became non-finite at epoch {self.epoch}")
 
     def save_epoch(self, metrics: dict[str, Any], improved: bool) -> None:
         c = self.config
@@ -437,14 +437,12 @@ def _finite(values: dict[str, Any]) -> dict[str, Any]:
 
 def _run_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """(files of a run, temporaries of its killed atomic writes, anything else) in ``folder``."""
-    own, temporaries, foreign = [], [], []
+    temporaries = stale_temporaries(folder, lambda target: bool(_RUN_FILE.match(target)))
+    own, foreign = [], []
     for path in sorted(folder.iterdir()):
-        if path.name == RUN_LOCK:  # the owner of the folder, managed by FolderLock
+        if path.name == RUN_LOCK or path in temporaries:  # the folder's owner; leftovers
             continue
-        target = atomic_temp_target(path.name)
-        if path.is_file() and not path.is_symlink() and target is not None and _RUN_FILE.match(target):
-            temporaries.append(path)
-        elif path.is_file() and not path.is_symlink() and _RUN_FILE.match(path.name):
+        if path.is_file() and not path.is_symlink() and _RUN_FILE.match(path.name):
             own.append(path)
         else:
             foreign.append(path)
