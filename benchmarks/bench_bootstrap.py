@@ -33,13 +33,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seg-size", type=int, default=112)
+    parser.add_argument("--concepts", default="phantom", choices=("phantom", "phantom-bbox"),
+                        help="phantom-bbox: box annotations, the shape of NIH's boxes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         checkpoint = write_checkpoint(tmp, args.arch, args.image_size)
         started = time.perf_counter()
         (result,) = dissect([checkpoint], ["denseblock4"], out=tmp / "out", figures=False,
-                            concept_options={"phantom": {"n_images": args.images}},
+                            concepts=[args.concepts],
+                            concept_options={args.concepts: {"n_images": args.images}},
                             settings=DissectSettings(seg_size=args.seg_size), device="cpu")
         dissect_s = time.perf_counter() - started
         layer = result.layers[0]
@@ -48,7 +51,7 @@ def main() -> None:
         summarize(stats, resamples=args.resamples, seed=0)
         boot_s = time.perf_counter() - started
         npz = next((tmp / "out").rglob("imagestats.npz")).stat().st_size
-    print(f"{args.arch} {layer.layer}, {stats.num_images} phantom images at {args.image_size} px, "
+    print(f"{args.arch} {layer.layer}, {stats.num_images} {args.concepts} images at {args.image_size} px, "
           f"seg {args.seg_size}: {stats.num_units} units x {stats.num_concepts} concepts, "
           f"P = {len(stats.mask_area):,} mask pairs, Q = {len(stats.inter_value):,} intersections")
     print(f"  dissect (no figures)          {dissect_s:8.1f} s")

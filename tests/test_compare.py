@@ -175,9 +175,44 @@ def test_the_report_draws_bootstrap_intervals_at_their_own_threshold(tmp_path, c
     counts = model_counts(dissection, record["settings"]["iou_threshold"])
     total = record["bootstrap"]["num_detectors"]
     assert counts.interval == (total["low"], total["high"])
-    assert model_counts(dissection, 0.5).interval is None  # intervals belong to their threshold
+    per_concept = record["bootstrap"]["detectors"]
+    assert counts.concept_intervals == {c: (v["low"], v["high"]) for c, v in per_concept.items()}
+    elsewhere = model_counts(dissection, 0.5)  # intervals belong to their threshold
+    assert elsewhere.interval is None and elsewhere.concept_intervals == {}
     report = build_report([out], out=tmp_path / "r.html")
     assert (tmp_path / "r.html").is_file() and not report.warnings
+    page = (tmp_path / "r.html").read_text()
+    assert 'alt="Detectors per concept with bootstrap intervals"' in page
+    build_report([out], out=tmp_path / "plain.html", iou_threshold=0.5)  # no intervals there: no figure
+    assert "with bootstrap intervals" not in (tmp_path / "plain.html").read_text()
+
+
+def test_evolution_bands_per_concept_come_from_each_epoch(tmp_path, capsys, testkit):
+    """Fig. 4 draws each concept's curve with the band of its bootstrap intervals, epoch by epoch."""
+    from cxrsem.reporting.aggregate import evolution_series
+    from cxrsem.reporting.collect import collect
+    from cxrsem.reporting.figures import evolution_figure
+    from cxrsem.testing import tiny_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for epoch in (0, 1):
+        tiny_checkpoint(run / f"epoch-{epoch:03d}.pt", seed=epoch)
+    out = tmp_path / "d"
+    code, _, err = run_cli(["dissect", "--model", f"{run}/epoch-*.pt", "--layer", "features",
+                            "--concepts", "toy-blobs", "--seg-size", 16, "--quantile", 0.05,
+                            "--bootstrap", 30, "--no-figures", "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    dissections = collect([out]).dissections
+    threshold = dissections[0].settings["iou_threshold"]
+    (series,) = evolution_series(dissections, threshold)
+    records = [json.loads((out / f"epoch-{e:03d}" / "features" / "dissection.json").read_text())
+               for e in series.epochs]
+    for concept, bands in series.concept_bands.items():
+        expected = [(r["bootstrap"]["detectors"][concept]["low"],
+                     r["bootstrap"]["detectors"][concept]["high"]) for r in records]
+        assert bands == expected, concept
+    assert series.concept_bands and evolution_figure([series], {}, threshold)[:4] == b"\x89PNG"
 
 
 def test_sensitivity_grid_equals_separate_dissections(tmp_path, capsys, testkit):

@@ -83,24 +83,48 @@ class ModelCounts:
     unique: int
     curve: list[tuple[float, int, int]]
     interval: tuple[float, float] | None = None  # bootstrap interval of ``total``, when known
+    concept_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # per concept
 
     @property
     def name(self) -> str:
         return self.dissection.name
 
 
-def total_interval(dissection: Dissection, threshold: float) -> tuple[float, float] | None:
-    """The bootstrap interval of the total detector count (``dissect --bootstrap``), when the
-    dissection has one at the report's ``threshold`` (intervals belong to their own threshold)."""
+Interval = tuple[float, float]
+
+
+def _bootstrap_block(dissection: Dissection, threshold: float) -> dict | None:
+    # Intervals belong to the threshold they were computed at: none at another report threshold.
     boot = dissection.data.get("bootstrap")
-    settings = dissection.settings
-    if not isinstance(boot, dict) or settings.get("iou_threshold") != threshold:
+    if not isinstance(boot, dict) or dissection.settings.get("iou_threshold") != threshold:
         return None
-    total = boot.get("num_detectors")
-    if not isinstance(total, dict) or not all(isinstance(total.get(k), int | float)
-                                              for k in ("low", "high")):
+    return boot
+
+
+def _interval(entry: object) -> Interval | None:
+    if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), int | float) and not isinstance(entry.get(k), bool)
+            for k in ("low", "high")):
         return None
-    return float(total["low"]), float(total["high"])
+    return float(entry["low"]), float(entry["high"])
+
+
+def total_interval(dissection: Dissection, threshold: float) -> Interval | None:
+    """The bootstrap interval of the total detector count (``dissect --bootstrap``), when the
+    dissection has one at the report's ``threshold``."""
+    boot = _bootstrap_block(dissection, threshold)
+    return None if boot is None else _interval(boot.get("num_detectors"))
+
+
+def concept_intervals(dissection: Dissection, threshold: float) -> dict[str, Interval]:
+    """The bootstrap interval of each concept's detector count, when the dissection has them at
+    ``threshold`` (concepts without a valid interval are left out)."""
+    boot = _bootstrap_block(dissection, threshold)
+    per_concept = boot.get("detectors") if boot is not None else None
+    if not isinstance(per_concept, dict):
+        return {}
+    found = {str(c): _interval(entry) for c, entry in per_concept.items()}
+    return {c: iv for c, iv in found.items() if iv is not None}
 
 
 def model_counts(dissection: Dissection, threshold: float,
@@ -108,7 +132,8 @@ def model_counts(dissection: Dissection, threshold: float,
     counts = detector_counts(dissection.units, threshold, dissection.concepts)
     return ModelCounts(dissection, counts, sum(counts.values()), unique_concepts(counts),
                        threshold_curve(dissection.units, thresholds),
-                       total_interval(dissection, threshold))
+                       total_interval(dissection, threshold),
+                       concept_intervals(dissection, threshold))
 
 
 def count_at(model: ModelCounts, threshold: float) -> int:
@@ -130,7 +155,8 @@ class RunSeries:
     counts: dict[str, list[int]]  # concept -> count per epoch
     totals: list[int]
     models: list[str] = field(default_factory=list)
-    bands: list[tuple[float, float] | None] = field(default_factory=list)  # intervals of totals
+    bands: list[Interval | None] = field(default_factory=list)  # intervals of totals, per epoch
+    concept_bands: dict[str, list[Interval | None]] = field(default_factory=dict)  # per concept
 
 
 def _prefer(a: Dissection, b: Dissection) -> Dissection:
@@ -170,6 +196,7 @@ def evolution_series(dissections: Sequence[Dissection], threshold: float) -> lis
         for d in members:
             concepts.extend(c for c in d.concepts if c not in concepts)
         per_epoch = [detector_counts(d.units, threshold, concepts) for d in members]
+        member_intervals = [concept_intervals(d, threshold) for d in members]
         name = _run_name(members)
         if len(run_dirs_of[name]) > 1:  # two runs of one name: say which folder
             name = f"{name} ({run_dir.rstrip('/').rsplit('/', 1)[-1] or run_dir})"
@@ -179,7 +206,8 @@ def evolution_series(dissections: Sequence[Dissection], threshold: float) -> lis
             name=name, run_dir=run_dir, layer=layer, epochs=epochs,
             counts={c: [counts.get(c, 0) for counts in per_epoch] for c in concepts},
             totals=[sum(counts.values()) for counts in per_epoch], models=[d.name for d in members],
-            bands=[total_interval(d, threshold) for d in members]))
+            bands=[total_interval(d, threshold) for d in members],
+            concept_bands={c: [iv.get(c) for iv in member_intervals] for c in concepts}))
     return series
 
 

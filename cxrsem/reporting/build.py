@@ -119,6 +119,7 @@ class ReportData:
     cards: list[ModelCard]
     mixed_settings: bool
     fig_detectors: bytes | None = None
+    fig_concept_intervals: bytes | None = None  # only with dissect --bootstrap
     fig_evolution: bytes | None = None
     fig_thresholds: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -424,6 +425,7 @@ def assemble(collected: Collected, threshold: float, *, version: str,
         mixed_settings=any(w.startswith("dissections with different") for w in warnings))
     if with_figures and models:
         data.fig_detectors = figures.detectors_figure(models, concepts, colors, threshold)
+        data.fig_concept_intervals = figures.concept_intervals_figure(models, concepts, colors, threshold)
         data.fig_thresholds = figures.threshold_figure(models, threshold)
     if with_figures and runs:
         data.fig_evolution = figures.evolution_figure(runs, colors, threshold)

@@ -86,6 +86,47 @@ def detectors_figure(models: Sequence[ModelCounts], concepts: Sequence[str], col
     return _png(fig)
 
 
+def concept_intervals_figure(models: Sequence[ModelCounts], concepts: Sequence[str],
+                             colors: dict[str, str], threshold: float) -> bytes | None:
+    """Detectors per concept with their bootstrap intervals, one marker per model side by side
+    (the per-concept companion of Fig. 2: stacked segments cannot carry their own error bars).
+    ``None`` when no model has per-concept intervals."""
+    shown = [m for m in models if m.concept_intervals]
+    names = [c for c in concepts if any(c in m.concept_intervals for m in shown)]
+    if not shown or not names:
+        return None
+    fig = _figure(min(max(6.0, 0.75 * len(names) * max(1, len(shown)) ** 0.5 + 3.5), 15.0), 3.8)
+    ax = fig.add_subplot()
+    width = 0.8 / len(shown)
+    markers = ("o", "s", "^", "D", "v", "P", "X")
+    for i, m in enumerate(shown):
+        xs, ys, lows, highs = [], [], [], []
+        for j, concept in enumerate(names):
+            if concept not in m.concept_intervals:
+                continue
+            low, high = m.concept_intervals[concept]
+            count = m.counts.get(concept, 0)
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(count)
+            lows.append(max(count - low, 0))
+            highs.append(max(high - count, 0))
+        ax.errorbar(xs, ys, yerr=[lows, highs], fmt=markers[i % len(markers)], color="#222222",
+                    markersize=4, elinewidth=1.0, capsize=3, label=mpl_text(m.name, 44))
+    for j, concept in enumerate(names):  # the concept's colour behind its group, as in Fig. 2
+        ax.axvspan(j - 0.45, j + 0.45, color=colors.get(concept, "#888888"), alpha=0.15, linewidth=0)
+    ax.set_xticks(range(len(names)), [mpl_text(c, 24) for c in names], fontsize=7.5,
+                  rotation=0 if len(names) <= 5 else 30, ha="center" if len(names) <= 5 else "right")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(bottom=-0.3)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("concept detectors (units)")
+    ax.set_title(f"Detectors per concept with bootstrap intervals (IoU > {threshold:g})", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="model",
+              title_fontsize=8)
+    return _png(fig)
+
+
 def evolution_figure(series: Sequence[RunSeries], colors: dict[str, str], threshold: float) -> bytes:
     """Detectors per concept against epoch for each run, and the totals of all runs (Fig. 4)."""
     panels = len(series) + 1
@@ -95,13 +136,20 @@ def evolution_figure(series: Sequence[RunSeries], colors: dict[str, str], thresh
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     top = max([max(s.totals) for s in series] + [1])
     shown: dict[str, object] = {}
+    peak_band = 0.0
     for ax, run in zip(axes, series, strict=False):
         for concept, values in run.counts.items():
             if not any(values):
                 continue
+            color = colors.get(concept, "#888888")
             (line,) = ax.plot(run.epochs, values, marker="o", markersize=3.5, linewidth=1.4,
-                              color=colors.get(concept, "#888888"), label=mpl_text(concept, 32))
+                              color=color, label=mpl_text(concept, 32))
             shown.setdefault(concept, line)
+            bands = run.concept_bands.get(concept, [])
+            if bands and all(band is not None for band in bands):  # dissect --bootstrap
+                ax.fill_between(run.epochs, [b[0] for b in bands], [b[1] for b in bands],
+                                color=color, alpha=0.15, linewidth=0)
+                peak_band = max(peak_band, *(b[1] for b in bands))
         ax.set_title(mpl_text(run.name, 60), fontsize=8.5)
     total_ax = axes[len(series)]
     styles = ("-", "--", ":", "-.")
@@ -116,7 +164,7 @@ def evolution_figure(series: Sequence[RunSeries], colors: dict[str, str], thresh
             top = max(top, *(b[1] for b in run.bands))
     total_ax.set_title("total detectors", fontsize=8.5)
     total_ax.legend(fontsize=7, frameon=False, loc="best")
-    peak = max([max(v) for s in series for v in s.counts.values()] + [1])
+    peak = max([max(v) for s in series for v in s.counts.values()] + [1, peak_band])
     for i, ax in enumerate(axes):
         if i > len(series):
             ax.set_visible(False)

@@ -89,6 +89,12 @@ def _section_detectors(data: ReportData) -> str:
         parts.append(f'<figure class="wide">{img(data.fig_detectors, "Detectors per concept per model")}'
                      f"<figcaption>Number and type of concept detectors per model at IoU &gt; "
                      f"{e(f'{data.threshold:g}')}.</figcaption></figure>")
+    if data.fig_concept_intervals:
+        parts.append(f'<figure class="wide">'
+                     f'{img(data.fig_concept_intervals, "Detectors per concept with bootstrap intervals")}'
+                     f"<figcaption>Detectors per concept with the bootstrap intervals of "
+                     f"<code>dissect --bootstrap</code> (thresholds T_k fixed at the full set's)."
+                     f"</figcaption></figure>")
     parts.append("<ul class=\"observations\">" + "".join(f"<li>{e(o)}</li>" for o in data.observations)
                  + "</ul>")
     concepts = data.concepts

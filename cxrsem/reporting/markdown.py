@@ -66,6 +66,9 @@ def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> 
     lines += ["## 1. Concept detectors per model (paper Fig. 2)", ""]
     if data.fig_detectors:
         lines += [figs.add("detectors.png", data.fig_detectors, "Detectors per concept per model"), ""]
+    if data.fig_concept_intervals:
+        lines += [figs.add("detectors-intervals.png", data.fig_concept_intervals,
+                           "Detectors per concept with bootstrap intervals"), ""]
     lines += [f"- {md(o)}" for o in data.observations] + [""]
     if data.models:
         headers = ["model", "layer", "epoch", "units", "detectors", "unique concepts", *data.concepts]
