@@ -83,15 +83,31 @@ class DatasetInfo(_Component):
     needs_root: bool = False
 
 
+ANNOTATIONS = ("masks", "boxes")
+"""The kinds of annotation a concept set can declare (:attr:`ConceptSetInfo.annotation`)."""
+
+
 @dataclass(frozen=True)
 class ConceptSetInfo(_Component):
     """An annotation source for Network Dissection (segmentation masks or boxes).
 
     ``factory(*, image_size, mask_size, root, seed, **options)`` returns a concept set honouring the
     concept-set contract above.
+
+    ``annotation`` says what its masks are (one of :data:`ANNOTATIONS`): ``"masks"`` (the default)
+    -- outlines of the concept itself; ``"boxes"`` -- the set's masks are filled bounding boxes, not
+    outlines.  A box also covers background, so even a unit that fires exactly on the lesion stays
+    below IoU 1 against it; dissection reports how well units fit their boxes
+    (:mod:`cxrsem.statistics.boxes`) so box and mask sets can be compared fairly.
     """
 
     needs_root: bool = False
+    annotation: str = "masks"
+
+    def __post_init__(self) -> None:
+        if self.annotation not in ANNOTATIONS:
+            raise ValueError(f"concept set {self.name!r}: annotation must be one of "
+                             f"{', '.join(ANNOTATIONS)}, not {self.annotation!r}")
 
 
 @dataclass(frozen=True)

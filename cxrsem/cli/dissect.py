@@ -23,7 +23,7 @@ from cxrsem.cli._options import (
     seed_option,
 )
 from cxrsem.cli._progress import PhaseProgress
-from cxrsem.dissection import DissectSettings, dissect
+from cxrsem.dissection import DissectSettings, dissect, null_settings
 from cxrsem.formats.dissection import is_detector
 from cxrsem.options import parse_assignments
 
@@ -57,6 +57,19 @@ def dissect_command(
     confidence: float = library_option(_D, "confidence", "Confidence of the intervals."),
     sensitivity: bool = typer.Option(False, "--sensitivity", help="Also count detectors over a "
                                      "grid of quantiles x IoU thresholds (one more cache read)."),
+    null: list[str] | None = typer.Option(
+        None, "--null", metavar="KIND[:N]",
+        help="Chance baseline (repeatable): shuffle[:P] (annotations paired with other images'; "
+             "p-values), random-init[:N] (untrained networks), rotation[:R] (rotated unit basis)."),
+    null_permutations: int | None = typer.Option(
+        None, "--null-permutations", help="Permutations of the shuffled null (implies --null "
+                                          "shuffle; default 100)."),
+    fdr: float = library_option(_D, "fdr", "False-discovery rate for significant detectors "
+                                "(Benjamini-Hochberg over units)."),
+    iou_over: str = library_option(_D, "iou_over", "IoU unions over the images that contain the "
+                                   "concept (paper) or over all images (released code)."),
+    merge_concepts: bool = typer.Option(False, "--merge-concepts", help="One max-merged label "
+                                        "map per image, as the released code (exclusive masks)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute activations even if cached."),
     cache_dtype: str = library_option(_D, "cache_dtype", "float32 (exact) or float16."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the unit and summary PNGs."),
@@ -70,7 +83,8 @@ def dissect_command(
         quantile=quantile, quantile_sample=quantile_sample, iou_threshold=iou_threshold,
         seg_size=seg_size, limit=limit, batch_size=batch_size, cache_dtype=cache_dtype,
         use_cache=not no_cache, bootstrap=bootstrap, group_by=group_by, confidence=confidence,
-        sensitivity=sensitivity)
+        sensitivity=sensitivity, fdr=fdr, iou_over=iou_over, merge_concepts=merge_concepts,
+        **null_settings(null or [], null_permutations))
     with PhaseProgress(quiet=quiet) as progress:
         results = dissect(
             model, layer, out=out, concepts=concepts,
@@ -98,13 +112,49 @@ def detector_table(result, layer, iou_threshold: float) -> Table:
     table.add_column("concept")
     table.add_column("images", justify="right")
     table.add_column("detectors", justify="right")
+    nulls = getattr(layer, "nulls", None) or {}
+    shuffle, random_init = nulls.get("shuffle"), nulls.get("random_init")
+    if shuffle:
+        table.add_column("significant", justify="right")
+        table.add_column("shuffled", justify="right")
+    if random_init:
+        table.add_column("random init", justify="right")
     table.add_column("best IoU", justify="right")
     for c, concept in enumerate(layer.concepts):
         of_concept = detectors & (best_index == c)
         top = layer.iou[:, c].max() if layer.iou.size else 0.0
         count = str(int(of_concept.sum())) + (_interval(boot["detectors"][concept]) if boot else "")
-        table.add_row(escape(concept), str(int(layer.images_with[c])), count, f"{top:.3f}")
+        row = [escape(concept), str(int(layer.images_with[c])), count]
+        if shuffle:
+            row += [str(shuffle["significant"][concept]), _mean(shuffle["detectors"][concept])]
+        if random_init:
+            row.append(_mean(random_init["detectors"][concept]))
+        table.add_row(*row, f"{top:.3f}")
+    if shuffle or random_init:
+        table.caption = escape(null_caption(nulls))
     return table
+
+
+def null_caption(nulls: dict) -> str:
+    """One line per null: what chance alone gives for the whole layer."""
+    parts = []
+    if "shuffle" in nulls:
+        s = nulls["shuffle"]
+        parts.append(f"{s['num_significant']} significant (BH, FDR {nulls['fdr']:g}, "
+                     f"{s['permutations']} shuffles); shuffled annotations give "
+                     f"{_mean(s['num_detectors'])} detectors")
+    if "random_init" in nulls:
+        parts.append(f"random-init networks: {_mean(nulls['random_init']['num_detectors'])}")
+    if "initial_checkpoint" in nulls:
+        parts.append(f"epoch-000: {nulls['initial_checkpoint']['num_detectors']}")
+    if "rotation" in nulls:
+        parts.append(f"rotated basis: {_mean(nulls['rotation']['num_detectors'])}")
+    return "; ".join(parts)
+
+
+def _mean(estimate: dict) -> str:
+    """A null's count: its mean and the range of its draws."""
+    return f"{estimate['mean']:.3g} [{estimate['low']:g}, {estimate['high']:g}]"
 
 
 def _interval(estimate: dict) -> str:

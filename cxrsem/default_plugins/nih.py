@@ -402,6 +402,7 @@ def register_concept_sets(register) -> None:
         name="nih-bbox",
         factory=make_nih_bbox,
         needs_root=True,
+        annotation="boxes",
         description="NIH ChestX-ray14 bounding boxes: 984 boxes on 880 images, 8 concepts",
         options=(Option("limit", int, 0, "use a seeded sample of this many images (0 = all)"),),
     ))

@@ -5,6 +5,9 @@ its own concepts, so an image of set A carries empty channels for set B's concep
 does not enter B's sums in Eq. 5).  A concept name present in two sets keeps one name per set
 (``nih-bbox/Consolidation``) unless the user maps them together.
 
+Each set's annotation kind (:attr:`cxrsem.components.ConceptSetInfo.annotation`) is kept, so
+the channels that hold bounding boxes are known (:meth:`ConceptSource.box_concepts`).
+
 Images are grouped by patient for resampling (:meth:`ConceptSource.groups`): a set that knows its
 patients says so through the optional ``groups()`` of the concept-set contract; group names are
 prefixed with the set's name, so patients of two sets never merge.
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 
 from cxrsem.api import create_concept_set
 from cxrsem.errors import DataError, UsageError
-from cxrsem.plugins import unknown_name_message
+from cxrsem.plugins import get, unknown_name_message
 
 
 @dataclass
@@ -39,6 +42,21 @@ class ConceptSource:
     limit: int = 0
     seed: int = 0
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per set, as given
+    # per set: its ConceptSetInfo.annotation ("masks" | "boxes"); empty: every set has masks
+    annotations: list[str] = field(default_factory=list)
+
+    def box_concepts(self) -> list[bool]:
+        """One flag per global concept channel: True when the channel holds bounding boxes.
+
+        A channel that several sets feed (``--map-concept`` merges names) counts as boxes only when
+        *all* of them are box sets: its images then mix boxes and outlines, and the box-fit
+        figures (:mod:`cxrsem.statistics.boxes`) would present an outline's IoU as box-limited."""
+        kinds = self.annotations or ["masks"] * len(self.sets)
+        boxes = [True] * len(self.concepts)
+        for kind, channels in zip(kinds, self.channel_maps, strict=True):
+            for channel in channels:
+                boxes[channel] = boxes[channel] and kind == "boxes"
+        return boxes
 
     def prepared_images(self) -> dict[str, Any]:
         """Per set, which prepared image stores serve it (part of the activation cache's key: a
@@ -155,11 +173,14 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
     if unknown:
         raise DataError(f"options given for concept sets not being dissected: {', '.join(sorted(unknown))}")
     sets = []
+    annotations = []
     for name in dict.fromkeys(names):
         ds = create_concept_set(name, image_size=image_size, mask_size=mask_size, seed=seed,
                                 data_roots=data_roots, cache_dir=cache_dir,
                                 **dict(options.get(name, {})))
         sets.append((name, ds))
+        # getattr: an info object that predates the field (or imitates ConceptSetInfo) has masks.
+        annotations.append(getattr(get("concept_set", name), "annotation", "masks"))
     counts = Counter(c for _, ds in sets for c in dict.fromkeys(ds.concepts))
     concept_map = dict(concept_map or {})
     qualified_names = [f"{name}/{concept}" for name, ds in sets for concept in ds.concepts]
@@ -178,7 +199,7 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
             channels.append(concepts.index(label))
         channel_maps.append(channels)
     source = ConceptSource(sets, concepts, channel_maps, image_size, mask_size, limit, seed,
-                           {name: dict(opts) for name, opts in options.items()})
+                           {name: dict(opts) for name, opts in options.items()}, annotations)
     if len(source) == 0:
         raise DataError(f"the concept set(s) {', '.join(names)} hold no images")
     return source

@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,13 @@ from cxrsem.checkpoint import build_model, load_model, source_prefix, state_dict
 from cxrsem.dissection import sensitivity
 from cxrsem.dissection.cache import DamagedCache, DissectionCache, cache_key, sweep
 from cxrsem.dissection.concepts import ConceptSource, build_concept_source
+from cxrsem.dissection.nulls import (
+    RotatedBases,
+    ShuffledNull,
+    count_block,
+    definitions_summary,
+    null_summary,
+)
 from cxrsem.dissection.quantile import StreamingTopQuantile
 from cxrsem.dissection.results import (
     layer_folder,
@@ -43,10 +50,11 @@ from cxrsem.engine.layers import resolve_layers
 from cxrsem.engine.preprocess import InputSpec
 from cxrsem.engine.runner import run_model
 from cxrsem.errors import DataError, UsageError
-from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
+from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE, is_detector
 from cxrsem.outputs import output_dir, recover_staged
 from cxrsem.statistics.bootstrap import DEFAULT_CONFIDENCE, summarize
 from cxrsem.statistics.imagestats import ImageStats
+from cxrsem.statistics.nulls import parse_null, random_rotation, shuffled_partners
 
 Progress = Callable[..., None]
 
@@ -65,6 +73,20 @@ class DissectSettings:
     group_by: str = "patient"       # what a resample draws: patients (where known) or images
     confidence: float = DEFAULT_CONFIDENCE  # of the bootstrap's percentile intervals
     sensitivity: bool = False       # also count detectors over a grid of quantiles x IoU thresholds
+    # Chance baselines (docs/dissection.md, cxrsem.statistics.nulls): 0 = off.
+    null_permutations: int = 0      # shuffled-annotation null: permutations
+    null_random_init: int = 0       # random-network control: freshly initialised models
+    null_rotations: int = 0         # rotated-basis control: random orthogonal rotations
+    fdr: float = 0.05               # Benjamini-Hochberg level for "significant" detectors
+    # The authors' released code's definitions (the paper's when left at the defaults).
+    iou_over: str = "containing"    # "all": IoU unions over every image, not only those with c
+    merge_concepts: bool = False    # one max-merged label map per image (exclusive concept masks)
+
+    @property
+    def paper_definition(self) -> bool:
+        """Whether IoUs and thresholds follow the paper's text (Sec. 2.2), not a variant."""
+        return (self.iou_over == "containing" and not self.merge_concepts
+                and self.quantile == DEFAULT_QUANTILE and self.quantile_sample == 0)
 
     def validate(self) -> None:
         if not 0.0 < self.quantile < 1.0:
@@ -84,9 +106,38 @@ class DissectSettings:
             raise UsageError(f"--group-by must be patient or image, got {self.group_by!r}")
         if not 0.0 < self.confidence < 1.0:
             raise UsageError(f"--confidence must be in (0, 1), got {self.confidence}")
+        if min(self.null_permutations, self.null_random_init, self.null_rotations) < 0:
+            raise UsageError("--null counts must be 0 (none) or positive")
+        if not 0.0 < self.fdr < 1.0:
+            raise UsageError(f"--fdr must be in (0, 1), got {self.fdr}")
+        if self.iou_over not in ("containing", "all"):
+            raise UsageError(f"--iou-over must be containing or all, got {self.iou_over!r}")
         from cxrsem.engine.memory import check_dissection  # refuse what cannot fit
 
         check_dissection(self.seg_size, self.batch_size)
+
+
+_NULL_FIELDS = {"shuffle": "null_permutations", "random-init": "null_random_init",
+                "rotation": "null_rotations"}
+
+
+def null_settings(specs: Sequence[str], permutations: int | None = None) -> dict[str, int]:
+    """``DissectSettings`` fields for ``--null`` specs (``shuffle[:P]``, ``random-init[:N]``,
+    ``rotation[:R]``) and ``--null-permutations P`` (which implies the shuffled null)."""
+    fields: dict[str, int] = {}
+    for spec in specs:
+        kind, count = parse_null(spec)
+        name = _NULL_FIELDS[kind]
+        if name in fields and fields[name] != count:
+            raise UsageError(f"--null {kind} given twice with different counts")
+        fields[name] = count
+    if permutations is not None:
+        if permutations < 1:
+            raise UsageError(f"--null-permutations must be at least 1, got {permutations}")
+        if fields.get("null_permutations", permutations) != permutations:
+            raise UsageError("--null shuffle:P and --null-permutations disagree")
+        fields["null_permutations"] = permutations
+    return fields
 
 
 @dataclass
@@ -113,6 +164,12 @@ class LayerDissection:
     unit_bootstrap: list[dict[str, Any]] | None = None
     # With --sensitivity: detector counts over a grid of quantiles x IoU thresholds.
     sensitivity: dict[str, Any] | None = None
+    # With --null: the record's "nulls" block and each unit's p-values (see dissection.nulls).
+    nulls: dict[str, Any] | None = None
+    unit_nulls: list[dict[str, Any]] | None = None
+    # With a variant definition (--iou-over all, --merge-concepts, another quantile): the paper's
+    # own result on the same model, and which units move between the two.
+    definitions: dict[str, Any] | None = None
 
     @property
     def best(self) -> tuple[np.ndarray, np.ndarray]:
@@ -203,54 +260,109 @@ def _forward_into(folder: Path, model: torch.nn.Module, layers: list[str], sourc
 
 
 def _thresholds(store, count: int, quantile: float, batch_size: int, device: torch.device,
-                grid: Sequence[float] = ()) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+                grid: Sequence[float] = (), rotated: RotatedBases | None = None,
+                paper_count: int = 0) -> tuple[np.ndarray, dict[float, np.ndarray], np.ndarray | None]:
     """Pass 2: exact per-unit quantile over the first ``count`` images' activations, and the
-    thresholds of every quantile of ``grid`` from the same stream (kept for the largest)."""
+    thresholds of every quantile of ``grid`` from the same stream (kept for the largest); the
+    rotated bases' thresholds (over the same images); with ``paper_count``, also the paper's
+    thresholds (``DEFAULT_QUANTILE`` over the first ``paper_count`` images), from the same read."""
     units, h, w = store.record_shape
     stream = StreamingTopQuantile(units, count * h * w, max((quantile, *grid)), device=device)
-    for _, records in store.batches(batch_size, count):
+    paper = (StreamingTopQuantile(units, paper_count * h * w, DEFAULT_QUANTILE, device=device)
+             if paper_count else None)
+    for start, records in store.batches(batch_size, max(count, paper_count)):
         values = torch.from_numpy(records.astype(np.float32)).to(device)
-        stream.update(values.permute(1, 0, 2, 3).reshape(units, -1))
+        sampled = values[:max(0, count - start)]
+        if sampled.shape[0]:
+            stream.update(sampled.permute(1, 0, 2, 3).reshape(units, -1))
+            if rotated is not None:
+                rotated.update_thresholds(sampled)
+        if paper is not None:
+            paper.update(values[:paper_count - start].permute(1, 0, 2, 3).reshape(units, -1))
+    paper_thresholds = paper.thresholds() if paper is not None else None
     if not grid:
-        return stream.thresholds(), {}
-    return stream.threshold_at(quantile), {q: stream.threshold_at(q) for q in grid}
+        return stream.thresholds(), {}, paper_thresholds
+    return (stream.threshold_at(quantile), {q: stream.threshold_at(q) for q in grid},
+            paper_thresholds)
+
+
+@dataclass
+class _TallyExtras:
+    """What the tally pass fills besides the main tally (each optional)."""
+
+    grid: dict[float, tuple[IoUTally, torch.Tensor]] = field(default_factory=dict)
+    shuffled: ShuffledNull | None = None
+    rotated: RotatedBases | None = None
+    rotated_thresholds: list[torch.Tensor] = field(default_factory=list)
+    paper: tuple[IoUTally, torch.Tensor] | None = None  # the paper's definition, raw labels
 
 
 def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
            settings: DissectSettings, device: torch.device, progress: Progress,
-           grid: Mapping[float, np.ndarray] | None = None):
-    """Pass 3: IoU sums (Eq. 5) and the top-activating images of every unit; with ``grid``
-    (quantile -> thresholds) also an IoU tally per quantile, from the same read of the cache."""
+           extras: _TallyExtras):
+    """Pass 3: IoU sums (Eq. 5) and the top-activating images of every unit, and every extra
+    statistic of ``extras`` from the same read of the cache (the shuffled null reuses the main
+    tally's upsampled masks)."""
     units = store.record_shape[0]
     tally = IoUTally.zeros(units, concepts, device=device)
     thresholds_t = torch.from_numpy(thresholds).to(device)
-    others = {q: (IoUTally.zeros(units, concepts, device=device, per_image=False),
-                  torch.from_numpy(t).to(device)) for q, t in (grid or {}).items()}
+    all_images = settings.iou_over == "all"
     top = TopImages(units, TOP_IMAGES, device=device)
     mask_batches = masks_store.batches(settings.batch_size, count)
     for (start, records), (_, packed) in zip(store.batches(settings.batch_size, count),
                                              mask_batches, strict=True):
         activations = torch.from_numpy(records.astype(np.float32)).to(device)
-        labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
-        tally.update(activations, thresholds_t, labels, image_offset=start)
-        for other, other_thresholds in others.values():
-            other.update(activations, other_thresholds, labels, image_offset=start)
+        raw_labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
+        labels = merge_concepts(raw_labels) if settings.merge_concepts else raw_labels
+        batch_masks = tally.update(activations, thresholds_t, labels, image_offset=start,
+                                   all_images=all_images)
+        if extras.shuffled is not None:
+            extras.shuffled.update(batch_masks)
+        for other, other_thresholds in extras.grid.values():
+            other.update(activations, other_thresholds, labels, image_offset=start,
+                         all_images=all_images)
+        if extras.rotated is not None:
+            extras.rotated.update_tallies(activations, extras.rotated_thresholds, labels, start,
+                                          all_images)
+        if extras.paper is not None:
+            extras.paper[0].update(activations, extras.paper[1], raw_labels, image_offset=start)
         top.update(activations.amax(dim=(2, 3)),
                    torch.arange(start, start + activations.shape[0], device=device))
         progress("advance", amount=activations.shape[0])
-    grid_ious = {q: other.iou() for q, (other, _) in others.items()}
-    return tally, top.images.cpu().numpy(), top.values.cpu().numpy(), grid_ious
+    return tally, top.images.cpu().numpy(), top.values.cpu().numpy()
+
+
+def merge_concepts(labels: torch.Tensor) -> torch.Tensor:
+    """The released code's label maps: one label per pixel, the highest concept channel among
+    those covering it (a max-merge of ``c + 1`` over the masks), as exclusive masks ``[B, C, M, M]``
+    (a pixel in two concepts' masks counts only for the later one)."""
+    channels = torch.arange(1, labels.shape[1] + 1, device=labels.device)[None, :, None, None]
+    label_map = (labels * channels).amax(dim=1, keepdim=True)        # [B, 1, M, M], 0 = none
+    return labels & (label_map == channels)
+
+
+def _all_labels(masks_store, count: int, batch_size: int, device: torch.device,
+                merged: bool) -> torch.Tensor:
+    """Every image's concept masks ``[N, C, M, M]`` bool (the shuffled null pairs images across
+    batches); one read of the annotation store, not of the activation cache."""
+    parts = []
+    for _, packed in masks_store.batches(batch_size, count):
+        labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
+        parts.append(merge_concepts(labels) if merged else labels)
+    return torch.cat(parts)
 
 
 def dissect_model(model_path: Path, layer_names: Sequence[str],
                   source_factory: Callable[[int], ConceptSource],
                   settings: DissectSettings, device: torch.device, cache_root: Path,
                   progress: Progress, locks: ExitStack | None = None,
-                  lock_layers: Callable[[list[str]], None] | None = None) -> ModelDissection:
+                  lock_layers: Callable[[list[str]], None] | None = None,
+                  checkpoint: dict[str, Any] | None = None) -> ModelDissection:
     """One model's dissection.  ``lock_layers(layers)`` is called with the resolved layer names
     before any expensive work (to lock their result folders); the cache entry's lock is entered
-    on ``locks`` (held until the caller has written the figures, which read the cache)."""
-    checkpoint = load_model(str(model_path))
+    on ``locks`` (held until the caller has written the figures, which read the cache).
+    ``checkpoint``: the checkpoint itself (a random-init null), instead of reading ``model_path``."""
+    checkpoint = checkpoint if checkpoint is not None else load_model(str(model_path))
     model = build_model(checkpoint, source=model_path).to(device)
     spec = InputSpec.from_checkpoint(checkpoint)
     image_size = spec.size
@@ -319,28 +431,132 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
     groups, group_names = source.groups()
     for layer in layers:
         store = cache.layer_store(layer, tuple(info["shapes"][layer]), info["dtype"])
+        units = store.record_shape[0]
+        concepts = len(source.concepts)
         started = time.perf_counter()
         progress("phase", name=f"thresholds {layer}", total=None)
         grid = sensitivity.QUANTILES if settings.sensitivity else ()
-        thresholds, grid_thresholds = _thresholds(store, sample, settings.quantile,
-                                                  settings.batch_size, device, grid)
+        extras = _TallyExtras()
+        if settings.null_rotations:
+            values = sample * store.record_shape[1] * store.record_shape[2]
+            extras.rotated = RotatedBases.create(
+                [random_rotation(units, seed=settings_seed(result, r)) for r in
+                 range(settings.null_rotations)], values, settings.quantile, concepts, device)
+        thresholds, grid_thresholds, paper_thresholds = _thresholds(
+            store, sample, settings.quantile, settings.batch_size, device, grid, extras.rotated,
+            paper_count=0 if settings.paper_definition else count)
         result.timings[f"quantile:{layer}"] = time.perf_counter() - started
         started = time.perf_counter()
+        extras.grid = {q: (IoUTally.zeros(units, concepts, device=device, per_image=False),
+                           torch.from_numpy(t).to(device)) for q, t in grid_thresholds.items()}
+        if extras.rotated is not None:
+            extras.rotated_thresholds = extras.rotated.thresholds()
+        if paper_thresholds is not None:
+            extras.paper = (IoUTally.zeros(units, concepts, device=device, per_image=False),
+                            torch.from_numpy(paper_thresholds).to(device))
+        if settings.null_permutations:
+            labels = _all_labels(masks_store, count, settings.batch_size, device,
+                                 settings.merge_concepts)
+            present = labels.flatten(2).any(dim=2).cpu().numpy()
+            extras.shuffled = ShuffledNull.create(
+                units, labels, shuffled_partners(present, settings.null_permutations,
+                                                 seed=settings_seed(result, 0)))
         progress("phase", name=f"tally {layer}", total=count)
-        tally, top_images, top_values, grid_ious = _tally(
-            store, masks_store, thresholds, len(source.concepts), count, settings, device,
-            progress, grid_thresholds)
+        tally, top_images, top_values = _tally(
+            store, masks_store, thresholds, concepts, count, settings, device, progress, extras)
         result.timings[f"tally:{layer}"] = time.perf_counter() - started
         image_stats = tally.image_stats(list(source.concepts), num_images=count, groups=groups,
                                         group_names=group_names)
-        result.layers.append(LayerDissection(
-            layer=layer, thresholds=thresholds, iou=tally.iou(), concepts=list(source.concepts),
+        iou = tally.iou(settings.iou_over)
+        layer_result = LayerDissection(
+            layer=layer, thresholds=thresholds, iou=iou, concepts=list(source.concepts),
             images_with=tally.images_with.cpu().numpy(), top_images=top_images,
             top_values=top_values, activation_min=info["activation_min"][layer],
             feature_shape=tuple(info["shapes"][layer]), threshold_images=sample,
             upsampled_fraction=tally.upsampled_pairs / max(tally.total_pairs, 1),
             image_stats=image_stats,
-            sensitivity=sensitivity.grid(grid_ious) if grid_ious else None))
+            sensitivity=sensitivity.grid({q: t.iou(settings.iou_over)
+                                          for q, (t, _) in extras.grid.items()})
+            if extras.grid else None)
+        if extras.shuffled is not None or extras.rotated is not None:
+            layer_result.nulls, layer_result.unit_nulls = null_summary(
+                iou, tally, settings, extras.shuffled, extras.rotated, list(source.concepts),
+                seed=settings_seed(result, 0))
+        if extras.paper is not None:
+            layer_result.definitions = definitions_summary(
+                iou, extras.paper[0].iou(), list(source.concepts), settings)
+        result.layers.append(layer_result)
+
+
+def random_init_checkpoint(checkpoint: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """The checkpoint with freshly initialised weights of its own architecture and input spec
+    (seeded; the global RNG is left as it was)."""
+    from cxrsem.api import create_architecture
+    from cxrsem.tasks import head_size
+
+    arch, task = checkpoint["arch"], checkpoint["task"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_architecture(arch["name"], num_outputs=head_size(task["kind"], len(task["outputs"])),
+                                    in_channels=checkpoint["input"].get("channels", 1),
+                                    **arch.get("kwargs", {}))
+    train = dict(checkpoint.get("train") or {})
+    train.update(init=f"random (seed {seed})", epoch=0)
+    return {**checkpoint, "state_dict": model.state_dict(), "train": train}
+
+
+def _random_init_nulls(result: ModelDissection, model_path: Path, source_for, settings: DissectSettings,
+                       device: torch.device, cache_root: Path, progress: Progress) -> None:
+    """The random-network control: ``settings.null_random_init`` freshly initialised models of
+    the checkpoint's architecture (and ``epoch-000.pt`` of its run, when there is one), dissected
+    with the same settings and images; their detector counts go into each layer's ``nulls``."""
+    plain = replace(settings, bootstrap=0, sensitivity=False, null_permutations=0,
+                    null_random_init=0, null_rotations=0)
+    layers = [layer.layer for layer in result.layers]
+    concepts = list(result.source.concepts)
+    seeds = [settings_seed(result, 100 + i) for i in range(settings.null_random_init)]
+    draws: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    for i, seed in enumerate(seeds):
+        progress("note", message=f"random-init null {i + 1}/{len(seeds)} of {model_path}")
+        with ExitStack() as locks:
+            control = dissect_model(model_path, layers, source_for, plain, device, cache_root,
+                                    progress, locks=locks,
+                                    checkpoint=random_init_checkpoint(result.checkpoint, seed))
+        for layer in control.layers:
+            draws[layer.layer].append(_detector_counts(layer, plain))
+    initial = model_path.parent / "epoch-000.pt"
+    initial_counts: dict[str, np.ndarray] = {}
+    if initial.is_file() and initial.resolve() != Path(model_path).resolve():
+        progress("note", message=f"random-init null: the run's {initial}")
+        with ExitStack() as locks:
+            control = dissect_model(initial, layers, source_for, plain, device, cache_root,
+                                    progress, locks=locks)
+        initial_counts = {layer.layer: _detector_counts(layer, plain) for layer in control.layers}
+    for layer in result.layers:
+        block = layer.nulls or {"fdr": settings.fdr, "iou_threshold": settings.iou_threshold}
+        block["random_init"] = {
+            "models": len(seeds), "seeds": seeds,
+            "init": "the architecture's own initialisation (torch.manual_seed(seed) before it is "
+                    "built), same input spec, settings and images",
+            **count_block(np.stack(draws[layer.layer]), concepts)}
+        if layer.layer in initial_counts:
+            counts = initial_counts[layer.layer]
+            block["initial_checkpoint"] = {
+                "path": str(initial), "num_detectors": int(counts.sum()),
+                "detectors": {c: int(counts[j]) for j, c in enumerate(concepts)}}
+        layer.nulls = block
+
+
+def _detector_counts(layer: LayerDissection, settings: DissectSettings) -> np.ndarray:
+    """Detectors per concept ``[C]`` of a dissected layer (the paper's rule, Eq. 5)."""
+    index, best = layer.best
+    detector = is_detector(best, settings.iou_threshold)
+    return np.bincount(index[detector], minlength=len(layer.concepts)).astype(np.int64)
+
+
+def settings_seed(result: ModelDissection, offset: int) -> int:
+    """The seed of a null's draws: from the dissection's seed, so a rerun draws the same ones."""
+    return int(result.source.seed) * 1_000 + offset
 
 
 def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | Path,
@@ -402,6 +618,9 @@ def _dissect_all(model_paths, layers, out, concepts, concept_options, concept_ma
 
             result = dissect_model(model_path, layers, source_for, settings, resolved_device,
                                    out / ".cache", progress, locks=locks, lock_layers=lock_layers)
+            if settings.null_random_init:
+                _random_init_nulls(result, model_path, source_for, settings, resolved_device,
+                                   out / ".cache", progress)
             for layer_result in result.layers:
                 if settings.bootstrap and layer_result.image_stats is not None:
                     progress("phase", name=f"bootstrap {layer_result.layer}", total=None)

@@ -26,6 +26,7 @@ asked for (:meth:`IoUTally.image_stats`, :meth:`IoUTally.state_dict`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +39,19 @@ from cxrsem.statistics.imagestats import ImageStats
 # settings.mask_rule), so the record cannot drift from the code.
 INTERPOLATION = {"mode": "bilinear", "align_corners": False}
 MASK_RULE = "upsampled activation >= T_k"
+
+
+def iou_of(intersection: torch.Tensor | np.ndarray, unit_area: torch.Tensor | np.ndarray,
+           label_area: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Eq. 5's ratio ``I / (U + L - I)`` in float64 (0 where the union is empty); any leading
+    dimensions (a null's permutations) broadcast against ``unit_area [K, C]`` and ``label_area [C]``."""
+    as_array = lambda t: (t.cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)  # noqa: E731
+                          ).astype(np.float64)
+    inter, unit, label = as_array(intersection), as_array(unit_area), as_array(label_area)
+    union = unit + label - inter
+    out = np.zeros(np.broadcast_shapes(inter.shape, union.shape))
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
 
 
 def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -76,6 +90,10 @@ class IoUTally:
     unit_area: torch.Tensor
     label_area: torch.Tensor
     images_with: torch.Tensor
+    # |M_k| summed over every image tallied (``unit_area`` counts only images holding the concept):
+    # the denominator of the released code's "IoU over all images" (``--iou-over all``).  Complete
+    # only when the batches were tallied with ``all_images=True``.
+    unit_area_all: torch.Tensor = None  # type: ignore[assignment]
     upsampled_pairs: int = 0
     total_pairs: int = 0
     per_image: bool = True
@@ -88,17 +106,23 @@ class IoUTally:
     def zeros(cls, units: int, concepts: int, device: torch.device | str = "cpu",
               per_image: bool = True) -> IoUTally:
         z = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=device)  # noqa: E731
-        return cls(z(units, concepts), z(units, concepts), z(concepts), z(concepts),
+        return cls(z(units, concepts), z(units, concepts), z(concepts), z(concepts), z(units),
                    per_image=per_image)
 
+    def __post_init__(self) -> None:
+        if self.unit_area_all is None:
+            self.unit_area_all = torch.zeros(self.intersection.shape[0], dtype=torch.int64,
+                                             device=self.intersection.device)
+
     KIND = "iou-tally"
-    _COUNTS = ("intersection", "unit_area", "label_area", "images_with")
+    _COUNTS = ("intersection", "unit_area", "label_area", "images_with", "unit_area_all")
 
     def update(self, activations: torch.Tensor, thresholds: torch.Tensor,
-               labels: torch.Tensor, image_offset: int | None = None) -> None:
+               labels: torch.Tensor, image_offset: int | None = None,
+               all_images: bool = False) -> BatchMasks | None:
         """Add one batch (see :func:`update_tally`); its images are the global rows
         ``image_offset ..`` (default: right after the images this tally has seen)."""
-        update_tally(self, activations, thresholds, labels, image_offset)
+        return update_tally(self, activations, thresholds, labels, image_offset, all_images)
 
     def _entries(self) -> dict[str, torch.Tensor]:
         """The per-image entries, concatenated (once: the chunks are replaced by the result)."""
@@ -151,10 +175,13 @@ class IoUTally:
     @classmethod
     def from_state_dict(cls, state) -> IoUTally:
         check_kind(cls.KIND, state)
+        if "unit_area_all" not in state:  # a state written before the field existed
+            state = {**state, "unit_area_all": torch.zeros(state["intersection"].shape[0],
+                                                           dtype=torch.int64)}
         counts = [state[name].clone() for name in cls._COUNTS]
         units, concepts = counts[0].shape
         for name, tensor, shape in zip(cls._COUNTS, counts, [(units, concepts), (units, concepts),
-                                                                (concepts,), (concepts,)],
+                                                                (concepts,), (concepts,), (units,)],
                                        strict=True):
             if tuple(tensor.shape) != shape or tensor.dtype != torch.int64:
                 raise StatisticMismatch(f"{cls.KIND} state: {name} is {tensor.dtype} "
@@ -180,13 +207,14 @@ class IoUTally:
             tally._chunks = [entries]
         return tally
 
-    def iou(self) -> np.ndarray:
-        """IoU_kc as float64 ``[K, C]``; 0 where the union is empty (a concept never present)."""
-        inter = self.intersection.cpu().numpy().astype(np.float64)
-        union = (self.unit_area + self.label_area[None, :] - self.intersection).cpu().numpy()
-        out = np.zeros_like(inter)
-        np.divide(inter, union, out=out, where=union > 0)
-        return out
+    def iou(self, over: str = "containing") -> np.ndarray:
+        """IoU_kc as float64 ``[K, C]``; 0 where the union is empty (a concept never present).
+
+        ``over="containing"`` (the paper's Eq. 5): unions over the images that contain c;
+        ``"all"`` (the authors' released code): |M_k| over every image in the union (tally the
+        batches with ``all_images=True``)."""
+        return iou_of(self.intersection, self.unit_area_all[:, None] if over == "all"
+                      else self.unit_area, self.label_area)
 
     def image_stats(self, concepts: list[str], num_images: int | None = None,
                     groups: np.ndarray | None = None,
@@ -218,11 +246,29 @@ class IoUTally:
             groups=groups, group_names=list(group_names or []))
 
 
+class BatchMasks(NamedTuple):
+    """The unit masks one batch's tally computed (the expensive part), for statistics that reuse
+    them (the shuffled-annotation null): the candidate pairs sorted by image, their masks as
+    float32 ``[P, M*M]`` and the global row of the batch's first image."""
+
+    image_idx: torch.Tensor   # [P] batch-local image of each pair
+    unit_idx: torch.Tensor    # [P]
+    masks: torch.Tensor       # [P, M*M] float32 (0/1)
+    bounds: torch.Tensor      # [B + 1]: pairs of image b are bounds[b]:bounds[b+1]
+    present: torch.Tensor     # [B, C] bool
+    offset: int
+
+
 def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.Tensor,
-                 labels: torch.Tensor, image_offset: int | None = None) -> None:
+                 labels: torch.Tensor, image_offset: int | None = None,
+                 all_images: bool = False) -> BatchMasks | None:
     """Add one batch: ``activations [B, K, h, w]``, ``thresholds [K]`` (float64 T_k), ``labels
     [B, C, M, M]`` (bool concept masks at the annotation size); the batch's images are the global
-    rows ``image_offset .. image_offset + B - 1`` (default: ``tally.images ..``)."""
+    rows ``image_offset .. image_offset + B - 1`` (default: ``tally.images ..``).
+
+    Returns the batch's unit masks (:class:`BatchMasks`; None when no mask is non-empty).
+    ``all_images``: also upsample pairs on images holding no concept (their areas count in
+    :attr:`IoUTally.unit_area_all`, the released code's IoU over all images)."""
     batch, _units, _, _ = activations.shape
     offset = tally.images if image_offset is None else int(image_offset)
     tally.images += batch
@@ -240,14 +286,16 @@ def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.T
         tally._chunks.append(chunk)
 
     maxima = activations.amax(dim=(2, 3)).double()                   # [B, K]
-    # Pairs on images with no concept at all cannot contribute to any sum of Eq. 5.
-    candidates = (maxima >= thresholds[None, :]) & present.any(dim=1, keepdim=True)
+    candidates = maxima >= thresholds[None, :]
+    if not all_images:
+        # Pairs on images with no concept at all cannot contribute to any sum of Eq. 5.
+        candidates &= present.any(dim=1, keepdim=True)
     image_idx, unit_idx = candidates.nonzero(as_tuple=True)
     if image_idx.numel() == 0:
         if chunk is not None:
             chunk.update({name: torch.zeros(0, dtype=torch.int64)
                           for name in _MASK_FIELDS + _INTER_FIELDS})
-        return
+        return None
     tally.upsampled_pairs += image_idx.numel()
 
     masks = unit_masks(activations[image_idx, unit_idx], thresholds[unit_idx], size).flatten(1)
@@ -255,6 +303,7 @@ def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.T
 
     present_of_pair = present[image_idx].to(torch.int64)             # [P, C]
     tally.unit_area.index_add_(0, unit_idx, areas[:, None] * present_of_pair)
+    tally.unit_area_all.index_add_(0, unit_idx, areas.to(torch.int64))
 
     intersections = torch.zeros_like(present_of_pair)
     float_masks = masks.to(torch.float32)
@@ -266,6 +315,7 @@ def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.T
         product = float_masks[start:stop] @ float_labels[image].T    # [P_b, C], exact integers
         intersections[start:stop] = product.round().to(torch.int64)
     tally.intersection.index_add_(0, unit_idx, intersections)
+    batch_masks = BatchMasks(image_idx, unit_idx, float_masks, bounds, present, offset)
 
     if chunk is not None:
         # Only the non-zero terms: an empty mask or intersection adds nothing to any sum.
@@ -281,3 +331,4 @@ def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.T
         inter_rows[0] += offset
         chunk.update(zip(_MASK_FIELDS, mask_rows, strict=True))
         chunk.update(zip(_INTER_FIELDS, inter_rows, strict=True))
+    return batch_masks

@@ -83,6 +83,7 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
             "ious": [round(float(v), 8) for v in layer.iou[k]],
             "top_images": [int(i) for i in layer.top_images[k]],
             **(layer.unit_bootstrap[k] if getattr(layer, "unit_bootstrap", None) else {}),
+            **(layer.unit_nulls[k] if getattr(layer, "unit_nulls", None) else {}),
         })
     counts = Counter(units[k]["concept"] for k in range(len(units)) if detector[k])
     source = result.source
@@ -118,6 +119,10 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
             "cache_dtype": settings.cache_dtype,
             "limit": settings.limit,
             "prepared_images": source.prepared_images(),
+            # The paper's definitions unless the released code's were asked for (--iou-over all,
+            # --merge-concepts).
+            "iou_over": getattr(settings, "iou_over", "containing"),
+            "merge_concepts": bool(getattr(settings, "merge_concepts", False)),
         },
         "concept_sets": concept_sets,
         "concepts": [{"name": c, "images": images_with[c]} for c in layer.concepts],
@@ -131,6 +136,8 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
         **({"image_stats": image_stats_block(stats)} if stats is not None else {}),
         **({"bootstrap": layer.bootstrap} if getattr(layer, "bootstrap", None) else {}),
         **({"sensitivity": layer.sensitivity} if getattr(layer, "sensitivity", None) else {}),
+        **({"nulls": layer.nulls} if getattr(layer, "nulls", None) else {}),
+        **({"definitions": layer.definitions} if getattr(layer, "definitions", None) else {}),
     }
 
 
@@ -145,10 +152,19 @@ def image_stats_block(stats) -> dict[str, Any]:
 
 
 def unit_rows(record: Mapping[str, Any]) -> list[list[Any]]:
-    """``units.csv``: header, then one row per unit."""
-    return [["unit", "threshold", "concept", "iou", "detector"]] + [
-        [u["unit"], f"{u['threshold']:.8g}", u["concept"], f"{u['iou']:.6f}", int(u["detector"])]
-        for u in record["units"]]
+    """``units.csv``: header, then one row per unit; with the shuffled null (``--null shuffle``)
+    also each unit's p-value, Benjamini-Hochberg adjusted p-value and significance."""
+    units = record["units"]
+    tested = bool(units) and all("p_value" in u for u in units)
+    header = ["unit", "threshold", "concept", "iou", "detector"]
+    rows = [[u["unit"], f"{u['threshold']:.8g}", u["concept"], f"{u['iou']:.6f}", int(u["detector"])]
+            for u in units]
+    if tested:
+        header += ["p_value", "p_adjusted", "significant", "expected_iou"]
+        for row, u in zip(rows, units, strict=True):
+            row += [f"{u['p_value']:.6g}", f"{u['p_adjusted']:.6g}", int(u["significant"]),
+                    f"{u['expected_iou']:.6f}"]
+    return [header] + rows
 
 
 def detector_rows(record: Mapping[str, Any]) -> list[list[Any]]:

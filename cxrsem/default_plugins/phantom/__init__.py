@@ -106,6 +106,7 @@ def register_concept_sets(register) -> None:
         name="phantom-bbox",
         factory=create_bbox_concept_set,
         options=shared,
+        annotation="boxes",
         description="phantom chest X-rays with one bounding box per lesion for the 8 "
                     "pathologies, like NIH ChestX-ray8",
     ))
