@@ -1,7 +1,7 @@
 """The paper's central claim, reproduced on the phantom: training creates concept detectors.
 
     .venv/bin/python benchmarks/science_check.py [--epochs 4] [--image-size 96] [--seeds 0 1] \
-        [--bootstrap 1000]
+        [--bootstrap 1000] [--null-permutations 100] [--random-init 5]
 
 Trains ``densenet-mini`` on phantom severity (``mae-scce``, the BrixIA 6-zone loss), dissects its
 ``epoch-000.pt`` (the initial model) and its final checkpoint at ``denseblock4`` against the
@@ -10,7 +10,10 @@ that drive the severity score (Consolidation and Ground Glass Opacities: the pha
 are computed from them) and of all lesion concepts.  Prints both detector tables and the verdict,
 with a paired bootstrap over the dissection images (``--bootstrap`` resamples, the same images for
 both models: :mod:`cxrsem.statistics.bootstrap`) of trained minus initial: its 95% interval and
-two-sided p-value for the opacity detectors, all lesion detectors and all detectors.
+two-sided p-value for the opacity detectors, all lesion detectors and all detectors.  With the
+chance baselines (``--null-permutations``, ``--random-init``; 0 skips them) it also prints, per
+model and concept, the detectors that beat the shuffled-annotation null (Benjamini-Hochberg at FDR
+0.05) and the detectors untrained networks of the same architecture give.
 """
 
 from __future__ import annotations
@@ -58,8 +61,35 @@ def paired_difference(initial, trained, resamples: int, seed: int) -> None:
               f"[{low:+g}, {high:+g}], p = {p_value(d):.3f} ({resamples} paired resamples)")
 
 
+def chance(name: str, layer) -> None:
+    """Per concept: paper-rule detectors, significant ones, and what the nulls give."""
+    nulls = layer.nulls or {}
+    shuffle, random_init = nulls.get("shuffle"), nulls.get("random_init")
+    found = detectors(layer)
+    rows = []
+    for concept in layer.concepts:
+        parts = [f"{found[concept]}"]
+        if shuffle:
+            parts.append(f"{shuffle['significant'][concept]} significant, shuffled "
+                         f"{shuffle['detectors'][concept]['mean']:.2g}")
+        if random_init:
+            parts.append(f"random init {random_init['detectors'][concept]['mean']:.2g}")
+        if found[concept] or (random_init and random_init["detectors"][concept]["mean"]):
+            rows.append(f"{concept}: " + ", ".join(parts))
+    total = [f"{sum(found.values())} detectors"]
+    if shuffle:
+        total.append(f"{shuffle['num_significant']} significant (shuffled alone: "
+                     f"{shuffle['num_detectors']['mean']:.2g})")
+    if random_init:
+        total.append(f"random init {random_init['num_detectors']['mean']:.2g} "
+                     f"[{random_init['num_detectors']['low']:g}, {random_init['num_detectors']['high']:g}]")
+    print(f"  chance, {name}: " + "; ".join(total))
+    for row in rows:
+        print(f"    {row}")
+
+
 def run(seed: int, epochs: int, image_size: int, n_train: int, n_images: int, folder: Path,
-        resamples: int = 1000) -> dict:
+        resamples: int = 1000, permutations: int = 0, random_init: int = 0) -> dict:
     started = time.perf_counter()
     result = train(TrainConfig(out=str(folder / f"run{seed}"), dataset="phantom", loss="mae-scce",
                                arch="densenet-mini", epochs=epochs, image_size=image_size, lr=2e-3,
@@ -69,7 +99,10 @@ def run(seed: int, epochs: int, image_size: int, n_train: int, n_images: int, fo
     initial, trained = dissect([result.run_dir / "epoch-000.pt", final], ["denseblock4"],
                                out=folder / f"dissect{seed}", concepts=["phantom"],
                                concept_options={"phantom": {"n_images": n_images}},
-                               settings=DissectSettings(seg_size=image_size), seed=seed, figures=False)
+                               settings=DissectSettings(seg_size=image_size,
+                                                        null_permutations=permutations,
+                                                        null_random_init=random_init),
+                               seed=seed, figures=False)
     counts = {"initial": detectors(initial.layers[0]), "trained": detectors(trained.layers[0])}
     mae = result.history[-1]["mae_mean"]
     print(f"seed {seed}: val zone MAE {mae:.3f} (mean predictor "
@@ -81,6 +114,9 @@ def run(seed: int, epochs: int, image_size: int, n_train: int, n_images: int, fo
         print(f"  {name:8s} total {sum(count.values()):2d}, opacity {opacity}, lesions {lesions}: {listing}")
     if resamples:
         paired_difference(initial.layers[0], trained.layers[0], resamples, seed)
+    if permutations or random_init:
+        for name, model in (("initial", initial), ("trained", trained)):
+            chance(name, model.layers[0])
     return counts
 
 
@@ -92,12 +128,15 @@ def main() -> None:
     parser.add_argument("--dissect-images", type=int, default=400)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired resamples (0: none)")
+    parser.add_argument("--null-permutations", type=int, default=0,
+                        help="shuffled-annotation null (0: none)")
+    parser.add_argument("--random-init", type=int, default=0, help="untrained networks (0: none)")
     args = parser.parse_args()
     wins = 0
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             counts = run(seed, args.epochs, args.image_size, args.n_train, args.dissect_images, Path(tmp),
-                         args.bootstrap)
+                         args.bootstrap, args.null_permutations, args.random_init)
             gained = sum(counts["trained"][c] for c in OPACITY) > sum(counts["initial"][c] for c in OPACITY)
             wins += gained
     print(f"opacity detectors increased with training in {wins} of {len(args.seeds)} runs")

@@ -40,6 +40,10 @@ class QuickstartSettings:
     lr: float = 2e-3
     dissect_images: int = 300
     attribution_steps: int = 32
+    # How sure, and against what chance: intervals and the cheap chance baselines (the initial
+    # model epoch-000.pt is dissected anyway; more untrained networks: cxrsem dissect --null).
+    bootstrap: int = 1000
+    null_permutations: int = 100
     overwrite: bool = False  # replace the results of an earlier quickstart in `out`
 
 
@@ -124,7 +128,9 @@ def run_quickstart(settings: QuickstartSettings, progress: Progress | None = Non
     result.dissections = dissect(
         [run_dir / "epoch-000.pt", final], [LAYER], out=dissect_dir, concepts=["phantom"],
         concept_options={"phantom": {"n_images": settings.dissect_images}},
-        settings=DissectSettings(seg_size=settings.image_size), device=settings.device,
+        settings=DissectSettings(seg_size=settings.image_size, bootstrap=settings.bootstrap,
+                                 null_permutations=settings.null_permutations),
+        device=settings.device,
         seed=settings.seed, progress=progress)
 
     progress("stage", name="attribute", message="4/5 semantic attribution of the sample images")

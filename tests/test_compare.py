@@ -261,3 +261,52 @@ def test_report_cards_show_patients_intervals_and_the_sensitivity_grid(tmp_path,
     assert "resamples of patients" in page and "q = 0.0025" in page
     first = record["sensitivity"]["detectors"][0]
     assert f"0.02: {first[0]}, 0.03: {first[1]}" in page
+
+
+def _with_nulls(folder, *, iou_threshold=0.05, significant=2):
+    """``folder``'s dissection.json with a hand-made ``nulls`` block (its untrained networks'
+    total malformed)."""
+    path = folder / "dissection.json"
+    record = json.loads(path.read_text())
+    concepts = [c["name"] for c in record["concepts"]]
+    per = {c: {"mean": 0.5, "low": 0.0, "high": 1.0} for c in concepts}
+    record["nulls"] = {
+        "fdr": 0.1, "iou_threshold": iou_threshold,
+        "shuffle": {"permutations": 7, "seed": 3, "draws": 7, "detectors": per,
+                    "significant": {c: significant if c == concepts[0] else 0 for c in concepts},
+                    "num_significant": significant,
+                    "num_detectors": {"mean": 1.25, "low": 0.0, "high": 3.0}},
+        "random_init": {"models": 2, "seeds": [100, 101], "draws": 2, "detectors": per,
+                        "num_detectors": {"mean": "many", "low": 0, "high": 1}}}
+    path.write_text(json.dumps(record))
+
+
+def test_compare_adds_chance_baselines_only_when_every_model_has_them(tmp_path, capsys):
+    units, labels = masks(0, n=30, k=6)
+    a = write_result(tmp_path / "a" / "m" / "f", units, labels)
+    b = write_result(tmp_path / "b" / "m" / "f", units, labels)
+    _, plain, _ = run_cli(["compare", a, b, "--bootstrap", 20], capsys)
+    _with_nulls(a)
+    # One model without baselines: output and JSON as before.
+    before = compare([a, b], resamples=20)
+    assert before.chance == [] and "chance" not in before.to_json()
+    code, stdout, _ = run_cli(["compare", a, b, "--bootstrap", 20], capsys)
+    assert code == 0 and stdout == plain
+    # Both: a row per model, point values from the records; malformed parts left out.
+    _with_nulls(b, significant=1)
+    result = compare([a, b], resamples=20)
+    rows = result.to_json()["chance"]
+    assert [r["model"] for r in rows] == result.models
+    assert [r["significant"] for r in rows] == [2, 1]
+    assert rows[0]["shuffled"] == {"mean": 1.25, "low": 0.0, "high": 3.0, "draws": 7}
+    assert "random_init" not in rows[0] and rows[0]["fdr"] == 0.1
+    units_a = json.loads((a / "dissection.json").read_text())["units"]
+    assert rows[0]["detectors"] == sum(u["detector"] for u in units_a)
+    code, stdout, _ = run_cli(["compare", a, b, "--bootstrap", 20], capsys)
+    flat = " ".join(stdout.split())
+    assert code == 0 and flat.startswith(" ".join(plain.split())[:200])
+    assert "chance baselines (dissect --null, FDR 0.1)" in flat
+    assert "2 significant against shuffled annotations (FDR 0.1, 7 permutations; c0 2)" in flat
+    # Baselines computed at another threshold than the model's own are not its baselines.
+    _with_nulls(a, iou_threshold=0.06)
+    assert compare([a, b], resamples=20).chance == []

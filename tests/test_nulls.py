@@ -165,3 +165,24 @@ def test_null_specs(spec, expected):
 def test_bad_null_specs_say_what_is_allowed(spec):
     with pytest.raises(UsageError):
         parse_null(spec)
+
+
+def test_two_halves_of_the_shuffled_null_merge_to_one_pass():
+    units, labels = masks(9, n=26, k=4)
+    present = labels.reshape(26, 3, -1).any(axis=2)
+    partners = shuffled_partners(present, 6, seed=1)
+    _, whole = _tallied(units, labels, partners)
+    halves = []
+    for rows in (slice(0, 13), slice(13, 26)):
+        tally = IoUTally.zeros(4, 3)
+        null = ShuffledNull.create(4, torch.from_numpy(labels), partners)
+        start = rows.start
+        null.update(tally.update(torch.from_numpy(units[rows].astype(np.float32)),
+                                 torch.full((4,), 0.5, dtype=torch.float64),
+                                 torch.from_numpy(labels[rows]), image_offset=start))
+        halves.append(null)
+    merged = halves[0].merge(halves[1])
+    np.testing.assert_array_equal(merged.intersection.numpy(), whole.intersection.numpy())
+    np.testing.assert_array_equal(merged.pooled.numpy(), whole.pooled.numpy())
+    restored = ShuffledNull.create(4, torch.from_numpy(labels), partners).load_sums(merged.state_dict())
+    np.testing.assert_array_equal(restored.intersection.numpy(), whole.intersection.numpy())

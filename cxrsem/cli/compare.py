@@ -36,7 +36,11 @@ def compare_command(
     console = Console()
     for table in tables(result):
         console.print(table)
+    if result.chance:
+        console.print(chance_table(result))
     for sentence in result.sentences():
+        console.print(Text(sentence))
+    for sentence in result.chance_sentences():
         console.print(Text(sentence))
     for note in result.notes:
         Console(stderr=True).print(Text.assemble(("Warning: ", "yellow"), note), soft_wrap=True)
@@ -58,6 +62,28 @@ def tables(result: CompareResult) -> list[Table]:
                           f"{row.p_adjusted:.3f}")
         out.append(table)
     return out
+
+
+def chance_table(result: CompareResult) -> Table:
+    """Each model's detectors beside its chance baselines (``dissect --null``), as recorded."""
+    rows = result.chance
+    fdrs = sorted({row.chance.fdr for row in rows if row.chance.fdr is not None})
+    columns = [("significant", lambda c: None if c.significant is None else str(c.significant)),
+               ("shuffled annotations", lambda c: c.shuffled),
+               ("untrained networks", lambda c: c.random_init),
+               ("rotated basis", lambda c: c.rotation),
+               ("epoch-000", lambda c: c.initial_checkpoint)]
+    shown = [(name, get) for name, get in columns if any(get(row.chance) is not None for row in rows)]
+    fdr = f", FDR {', '.join(f'{v:g}' for v in fdrs)}" if fdrs else ""
+    table = Table(title=Text(f"chance baselines (dissect --null{fdr}): detectors as recorded, "
+                             f"mean [range] over the draws"))
+    for column in ("model", "detectors", *(name for name, _ in shown)):
+        table.add_column(Text(column), justify="left" if column == "model" else "right")
+    for row in rows:
+        table.add_row(Text(row.model), str(row.detectors),
+                      *(Text("–" if get(row.chance) is None else str(get(row.chance)))
+                        for _, get in shown))
+    return table
 
 
 def register(app: typer.Typer) -> None:

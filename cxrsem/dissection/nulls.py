@@ -262,6 +262,10 @@ def null_summary(iou: np.ndarray, tally: IoUTally, settings, shuffled: ShuffledN
         block["rotation"] = {"rotations": len(per_rotation), "seed": seed,
                              "basis": "unit axis multiplied by a Haar-random orthogonal matrix, "
                                       "re-thresholded at the same quantile",
+                             # Rotated units are denser: more (image, unit) pairs reach T_k and
+                             # are upsampled than in the real basis (the cost of this null).
+                             "upsampled_fraction": float(np.mean(
+                                 [t.upsampled_pairs / max(t.total_pairs, 1) for t in rotated.tallies])),
                              **count_block(np.stack(per_rotation), concepts)}
     return block, units
 

@@ -53,6 +53,7 @@ from cxrsem.errors import DataError, UsageError
 from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE, is_detector
 from cxrsem.outputs import output_dir, recover_staged
 from cxrsem.statistics.bootstrap import DEFAULT_CONFIDENCE, summarize
+from cxrsem.statistics.boxes import box_fit
 from cxrsem.statistics.imagestats import ImageStats
 from cxrsem.statistics.nulls import parse_null, random_rotation, shuffled_partners
 
@@ -167,6 +168,8 @@ class LayerDissection:
     # With --null: the record's "nulls" block and each unit's p-values (see dissection.nulls).
     nulls: dict[str, Any] | None = None
     unit_nulls: list[dict[str, Any]] | None = None
+    # Units whose best concept is a box concept: inside fraction and max reachable IoU.
+    unit_boxes: list[dict[str, Any]] | None = None
     # With a variant definition (--iou-over all, --merge-concepts, another quantile): the paper's
     # own result on the same model, and which units move between the two.
     definitions: dict[str, Any] | None = None
@@ -482,6 +485,7 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
             layer_result.nulls, layer_result.unit_nulls = null_summary(
                 iou, tally, settings, extras.shuffled, extras.rotated, list(source.concepts),
                 seed=settings_seed(result, 0))
+        layer_result.unit_boxes = _box_fit_rows(layer_result, source.box_concepts()) or None
         if extras.paper is not None:
             layer_result.definitions = definitions_summary(
                 iou, extras.paper[0].iou(), list(source.concepts), settings)
@@ -552,6 +556,17 @@ def _detector_counts(layer: LayerDissection, settings: DissectSettings) -> np.nd
     index, best = layer.best
     detector = is_detector(best, settings.iou_threshold)
     return np.bincount(index[detector], minlength=len(layer.concepts)).astype(np.int64)
+
+
+def _box_fit_rows(layer: LayerDissection, box_concepts: Sequence[bool]) -> list[dict[str, Any]]:
+    """Per unit whose best concept is a box concept: the share of its mask inside the boxes and
+    the IoU its mask sizes could reach (:mod:`cxrsem.statistics.boxes`); none without boxes."""
+    if not any(box_concepts) or layer.image_stats is None:
+        return []
+    best_index, _ = layer.best
+    inside, max_iou = box_fit(layer.image_stats, best_index)
+    return [{"box_inside": round(float(inside[k]), 8), "box_max_iou": round(float(max_iou[k]), 8)}
+            if box_concepts[best_index[k]] else {} for k in range(len(best_index))]
 
 
 def settings_seed(result: ModelDissection, offset: int) -> int:

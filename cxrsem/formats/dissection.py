@@ -84,6 +84,7 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
             "top_images": [int(i) for i in layer.top_images[k]],
             **(layer.unit_bootstrap[k] if getattr(layer, "unit_bootstrap", None) else {}),
             **(layer.unit_nulls[k] if getattr(layer, "unit_nulls", None) else {}),
+            **(layer.unit_boxes[k] if getattr(layer, "unit_boxes", None) else {}),
         })
     counts = Counter(units[k]["concept"] for k in range(len(units)) if detector[k])
     source = result.source

@@ -9,9 +9,11 @@ default ``t = 0.04``), so any threshold can be shown without dissecting again.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cxrsem.formats.dissection import UNLABELLED
@@ -76,6 +78,54 @@ def concept_order(count_maps: Iterable[Mapping[str, int]]) -> list[str]:
 
 
 @dataclass
+class NullCount:
+    """The detectors a chance baseline (``dissect --null``) gives: the mean over its draws and
+    the range of the draws (``low``, ``high``: the 95% range of observed draws; with few draws
+    the smallest and largest), overall and per concept."""
+
+    mean: float
+    low: float
+    high: float
+    draws: int | None = None  # permutations, networks or rotations (1: one checkpoint)
+    per_concept: dict[str, NullCount] = field(default_factory=dict)
+    per_draw: list[int] = field(default_factory=list)  # each draw's total, for nulls of few draws
+    path: str | None = None  # the checkpoint behind it (the run's epoch-000.pt)
+
+    def __str__(self) -> str:
+        if self.low == self.high == self.mean:
+            return _g(self.mean)
+        return f"{_g(self.mean)} [{_g(self.low)}, {_g(self.high)}]"
+
+
+def _g(value: float) -> str:
+    return f"{value:.3g}"
+
+
+@dataclass
+class Definitions:
+    """``dissect`` with a definition other than the paper's (``--iou-over all``,
+    ``--merge-concepts``, another quantile, ``--quantile-sample``): the paper's detectors on the
+    same model at the same IoU threshold, and the units that move between the two."""
+
+    this: dict[str, Any]
+    paper: dict[str, Any]
+    paper_counts: dict[str, int]
+    paper_total: int
+    only_this: list[int]
+    only_paper: list[int]
+    relabelled: list[int]
+
+    @property
+    def moved(self) -> int:
+        return len(self.only_this) + len(self.only_paper) + len(self.relabelled)
+
+    def differences(self) -> list[tuple[str, Any, Any]]:
+        """``(setting, this, paper's)`` for the settings in which the two definitions differ."""
+        return [(key, self.this.get(key), value) for key, value in self.paper.items()
+                if self.this.get(key) != value]
+
+
+@dataclass
 class ModelCounts:
     dissection: Dissection
     counts: dict[str, int]
@@ -84,10 +134,24 @@ class ModelCounts:
     curve: list[tuple[float, int, int]]
     interval: tuple[float, float] | None = None  # bootstrap interval of ``total``, when known
     concept_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # per concept
+    # Chance baselines (dissect --null), only when computed at the report's threshold:
+    significant: int | None = None  # detectors beyond shuffled annotations (BH at ``fdr``)
+    significant_per_concept: dict[str, int] = field(default_factory=dict)
+    fdr: float | None = None
+    shuffled: NullCount | None = None  # detectors with annotations paired with other images
+    random_init: NullCount | None = None  # detectors of untrained networks of the architecture
+    rotation: NullCount | None = None  # detectors of a rotated unit basis
+    initial_checkpoint: NullCount | None = None  # detectors of the run's epoch-000.pt
+    definitions: Definitions | None = None  # the paper's definition beside a variant one
 
     @property
     def name(self) -> str:
         return self.dissection.name
+
+    @property
+    def has_nulls(self) -> bool:
+        return any(v is not None for v in (self.significant, self.shuffled, self.random_init,
+                                           self.rotation, self.initial_checkpoint))
 
 
 Interval = tuple[float, float]
@@ -127,13 +191,168 @@ def concept_intervals(dissection: Dissection, threshold: float) -> dict[str, Int
     return {c: iv for c, iv in found.items() if iv is not None}
 
 
+def _real(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _null_count(entry: object, draws: object = None) -> NullCount | None:
+    """``{"mean", "low", "high"}`` of a null's record as a :class:`NullCount` (None when malformed)."""
+    if not isinstance(entry, Mapping):
+        return None
+    values = [_real(entry.get(k)) for k in ("mean", "low", "high")]
+    if any(v is None for v in values):
+        return None
+    mean, low, high = values
+    return NullCount(mean, low, high, _count(draws))
+
+
+def _null_block(block: object, draws_key: str) -> NullCount | None:
+    """One null's sub-block (``shuffle``, ``random_init``, ``rotation``) as a :class:`NullCount`."""
+    if not isinstance(block, Mapping):
+        return None
+    draws = block.get("draws", block.get(draws_key))
+    total = _null_count(block.get("num_detectors"), draws)
+    if total is None:
+        return None
+    per_concept = block.get("detectors")
+    if isinstance(per_concept, Mapping):
+        found = {str(c): _null_count(v, draws) for c, v in per_concept.items()}
+        total.per_concept = {c: v for c, v in found.items() if v is not None}
+    per_draw = block.get("num_detectors_per_draw")
+    if isinstance(per_draw, list) and all(_count(v) is not None for v in per_draw):
+        total.per_draw = list(per_draw)
+    return total
+
+
+def null_record(data: Mapping[str, Any], threshold: float) -> Mapping[str, Any] | None:
+    """The ``nulls`` block of a ``dissection.json`` document (``dissect --null``) when it was
+    computed at ``threshold`` (a chance baseline, like an interval, belongs to the threshold it
+    was computed at)."""
+    nulls = data.get("nulls")
+    if not isinstance(nulls, Mapping):
+        return None
+    settings = data.get("settings") if isinstance(data.get("settings"), Mapping) else {}
+    computed_at = nulls.get("iou_threshold", settings.get("iou_threshold"))
+    return nulls if computed_at == threshold else None
+
+
+@dataclass
+class Chance:
+    """The chance baselines of one dissection (``dissect --null``) at one IoU threshold, as
+    recorded: the same names as the fields of :class:`ModelCounts`."""
+
+    significant: int | None = None  # detectors beyond shuffled annotations (BH at ``fdr``)
+    significant_per_concept: dict[str, int] = field(default_factory=dict)
+    fdr: float | None = None
+    shuffled: NullCount | None = None
+    random_init: NullCount | None = None
+    rotation: NullCount | None = None
+    initial_checkpoint: NullCount | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def chance_baselines(data: Mapping[str, Any], threshold: float) -> Chance | None:
+    """The chance baselines of a ``dissection.json`` document at ``threshold`` (None when it has
+    none there; malformed parts are left out)."""
+    nulls = null_record(data, threshold)
+    if nulls is None:
+        return None
+    chance = Chance(fdr=_real(nulls.get("fdr")))
+    shuffle = nulls.get("shuffle")
+    if isinstance(shuffle, Mapping):
+        chance.significant = _count(shuffle.get("num_significant"))
+        per_concept = shuffle.get("significant")
+        if isinstance(per_concept, Mapping):
+            chance.significant_per_concept = {str(c): n for c, n in per_concept.items()
+                                              if _count(n) is not None}
+        chance.shuffled = _null_block(shuffle, "permutations")
+    chance.random_init = _null_block(nulls.get("random_init"), "models")
+    chance.rotation = _null_block(nulls.get("rotation"), "rotations")
+    initial = nulls.get("initial_checkpoint")
+    if isinstance(initial, Mapping) and _count(initial.get("num_detectors")) is not None:
+        n = float(initial["num_detectors"])
+        per_concept = initial.get("detectors") if isinstance(initial.get("detectors"), Mapping) else {}
+        chance.initial_checkpoint = NullCount(
+            n, n, n, 1, {str(c): NullCount(float(v), float(v), float(v), 1)
+                         for c, v in per_concept.items() if _count(v) is not None},
+            path=None if initial.get("path") is None else str(initial["path"]))
+    return chance
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _draws(count: NullCount, word: str) -> str:
+    return f" ({_plural(count.draws, word)})" if count.draws else ""
+
+
+def chance_sentence(name: str, total: int, chance: Chance | ModelCounts) -> str | None:
+    """What the chance baselines say about a model's ``total`` detectors: ``a.pt: 7 detectors,
+    3 significant against shuffled annotations (FDR 0.05, 100 permutations; blob-c 2, blob-a 1);
+    shuffled annotations alone give 1.3 [0, 3]; untrained networks of this architecture give
+    2.7 [2, 4] (3 networks); a rotated basis gives 3 [1, 5] (2 rotations); the run's
+    epoch-000.pt has 2 detectors`` (the parts of the baselines computed); None without any."""
+    c = chance
+    parts = []
+    if c.significant is not None:
+        settings = [f"FDR {c.fdr:g}" if c.fdr is not None else "",
+                    _plural(c.shuffled.draws, "permutation") if c.shuffled and c.shuffled.draws else ""]
+        by_concept = ", ".join(f"{k} {n}" for k, n in top_concepts(c.significant_per_concept, 10))
+        inside = "; ".join(p for p in (", ".join(p for p in settings if p), by_concept) if p)
+        parts.append(f"{c.significant} significant against shuffled annotations"
+                     + (f" ({inside})" if inside else ""))
+    if c.shuffled is not None:
+        parts.append(f"shuffled annotations alone give {c.shuffled}")
+    if c.random_init is not None:
+        parts.append(f"untrained networks of this architecture give {c.random_init}"
+                     + _draws(c.random_init, "network"))
+    if c.rotation is not None:
+        parts.append(f"a rotated basis gives {c.rotation}" + _draws(c.rotation, "rotation"))
+    if c.initial_checkpoint is not None:
+        stem = Path(c.initial_checkpoint.path).name if c.initial_checkpoint.path else "epoch-000.pt"
+        parts.append(f"the run's {stem} has {_plural(int(c.initial_checkpoint.mean), 'detector')}")
+    if not parts:
+        return None
+    head = f"{name}: {_plural(total, 'detector')}, {parts[0]}"
+    return f"{head}; {'; '.join(parts[1:])}." if parts[1:] else f"{head}."
+
+
+def definitions(dissection: Dissection, threshold: float) -> Definitions | None:
+    """The ``definitions`` block (a non-paper definition beside the paper's) when the dissection
+    has one and was dissected at ``threshold`` (its counts belong to that threshold)."""
+    block = dissection.data.get("definitions")
+    if not isinstance(block, Mapping) or dissection.settings.get("iou_threshold") != threshold:
+        return None
+    this, paper, counts = block.get("this"), block.get("paper"), block.get("paper_detectors")
+    total = _count(block.get("paper_num_detectors"))
+    units = [block.get(k) for k in ("only_this", "only_paper", "relabelled")]
+    if (not isinstance(this, Mapping) or not isinstance(paper, Mapping) or total is None
+            or not all(isinstance(u, list) and all(_count(k) is not None for k in u) for u in units)):
+        return None
+    counts = {str(c): n for c, n in counts.items() if _count(n) is not None} if isinstance(
+        counts, Mapping) else {}
+    return Definitions(dict(this), dict(paper), counts, total, *[list(u) for u in units])
+
+
 def model_counts(dissection: Dissection, threshold: float,
                  thresholds: Sequence[float] = THRESHOLDS) -> ModelCounts:
     counts = detector_counts(dissection.units, threshold, dissection.concepts)
+    chance = chance_baselines(dissection.data, threshold)
     return ModelCounts(dissection, counts, sum(counts.values()), unique_concepts(counts),
                        threshold_curve(dissection.units, thresholds),
                        total_interval(dissection, threshold),
-                       concept_intervals(dissection, threshold))
+                       concept_intervals(dissection, threshold),
+                       definitions=definitions(dissection, threshold),
+                       **(chance.fields() if chance is not None else {}))
 
 
 def count_at(model: ModelCounts, threshold: float) -> int:

@@ -17,13 +17,16 @@ from cxrsem.reporting.aggregate import (
     ConceptRow,
     GalleryUnit,
     ModelCounts,
+    NullCount,
     RunSeries,
     TopUnit,
     attribution_top_units,
+    chance_sentence,
     concept_order,
     evolution_series,
     gallery_units,
     model_counts,
+    null_record,
     series_changes,
     settings_warnings,
     top_concepts,
@@ -231,7 +234,88 @@ def _sensitivity_rows(d: Dissection) -> list[tuple[str, str]]:
                                  strict=False)]
 
 
-def model_card(d: Dissection, counts: ModelCounts, by_path: Mapping[str, Dissection]) -> ModelCard:
+def _per_draw(count: NullCount, word: str) -> str:
+    return f"; per {word} {', '.join(map(str, count.per_draw))}" if count.per_draw else ""
+
+
+def _nonzero(counts: Mapping[str, int | float]) -> str:
+    return ", ".join(f"{c} {_fmt(n)}" for c, n in counts.items() if n) or "none"
+
+
+def _chance_rows(d: Dissection, m: ModelCounts, threshold: float) -> list[tuple[str, str]]:
+    """The chance baselines' settings and counts (``dissect --null``) at the report's threshold."""
+    nulls = null_record(d.data, threshold)
+    if nulls is None or not m.has_nulls:
+        return []
+    rows = [("IoU threshold / FDR", f"{_fmt(nulls.get('iou_threshold', threshold))} / "
+                                    f"{_fmt(m.fdr)} (Benjamini-Hochberg over units)")]
+    shuffle = nulls.get("shuffle") if isinstance(nulls.get("shuffle"), Mapping) else None
+    if shuffle is not None:
+        rows.append(("shuffled annotations", f"{_fmt(shuffle.get('permutations'))} permutations, "
+                                             f"seed {_fmt(shuffle.get('seed'))}"))
+    if m.significant is not None:
+        rows.append(("significant detectors", f"{m.significant} of {m.total} "
+                                              f"({_nonzero(m.significant_per_concept)})"))
+    if m.shuffled is not None:
+        rows.append(("detectors with shuffled annotations", str(m.shuffled)))
+    init = nulls.get("random_init") if isinstance(nulls.get("random_init"), Mapping) else None
+    if init is not None:
+        rows.append(("untrained networks", f"{_fmt(init.get('models'))} networks, seeds "
+                                           f"{_fmt(init.get('seeds'))}"))
+    if m.random_init is not None:
+        rows.append(("their detectors", f"{m.random_init}{_per_draw(m.random_init, 'network')}"))
+    rotation = nulls.get("rotation") if isinstance(nulls.get("rotation"), Mapping) else None
+    if rotation is not None:
+        rows.append(("rotated unit basis", f"{_fmt(rotation.get('rotations'))} rotation(s), "
+                                           f"seed {_fmt(rotation.get('seed'))}"))
+    if m.rotation is not None:
+        rows.append(("its detectors", f"{m.rotation}{_per_draw(m.rotation, 'rotation')}"))
+    if m.initial_checkpoint is not None:
+        rows.append(("the run's initial checkpoint", f"{m.initial_checkpoint.path or '?'}: "
+                                                     f"{plural(int(m.initial_checkpoint.mean), 'detector')}"))
+    return rows
+
+
+def _definition_rows(m: ModelCounts) -> list[tuple[str, str]]:
+    """``dissect`` with a variant definition: both definitions, the paper's counts and the units
+    that move (at the dissection's threshold)."""
+    d = m.definitions
+    if d is None:
+        return []
+
+    def described(settings: Mapping[str, Any]) -> str:
+        return ", ".join(f"{_DEFINITION_NAMES.get(k, k)} {_setting_text(v)}"
+                         for k, v in settings.items())
+
+    def units(found: list[int]) -> str:
+        return _fmt(found) if found else "none"
+
+    return [("this dissection", described(d.this)), ("the paper's", described(d.paper)),
+            ("detectors by the paper's definition",
+             f"{d.paper_total} ({_nonzero(d.paper_counts)})"),
+            ("detectors only here (units)", units(d.only_this)),
+            ("detectors only by the paper's (units)", units(d.only_paper)),
+            ("relabelled (units)", units(d.relabelled))]
+
+
+def _elsewhere_rows(d: Dissection, m: ModelCounts, threshold: float) -> list[tuple[str, str]]:
+    """Where the dissection has chance baselines or the paper's definition beside its own, but
+    at another threshold than the report's: say so (they are not shown)."""
+    rows = []
+    nulls = d.data.get("nulls")
+    if isinstance(nulls, Mapping) and not m.has_nulls:
+        at = nulls.get("iou_threshold", d.settings.get("iou_threshold"))
+        rows.append(("chance baselines", f"computed at IoU > {_fmt(at)} only; not shown at the "
+                                         f"report's {threshold:g}"))
+    if isinstance(d.data.get("definitions"), Mapping) and m.definitions is None:
+        at = d.settings.get("iou_threshold")
+        rows.append(("definitions compared with the paper's",
+                     f"at IoU > {_fmt(at)} only; not shown at the report's {threshold:g}"))
+    return rows
+
+
+def model_card(d: Dissection, counts: ModelCounts, by_path: Mapping[str, Dissection],
+               threshold: float) -> ModelCard:
     model = d.data.get("model") if isinstance(d.data.get("model"), Mapping) else {}
     task = model.get("task") if isinstance(model.get("task"), Mapping) else {}
     inputs = model.get("input") if isinstance(model.get("input"), Mapping) else {}
@@ -266,7 +350,9 @@ def model_card(d: Dissection, counts: ModelCounts, by_path: Mapping[str, Dissect
             ("dissected with cxrsem", _fmt(manifest.get("cxrsem"))),
             ("dissected on", _fmt(manifest.get("created"))),
             ("result", str(d.json_path)),
-        ] + _uncertainty_rows(d)),
+        ] + _uncertainty_rows(d) + _elsewhere_rows(d, counts, threshold)),
+        ("Chance baselines (dissect --null)", _chance_rows(d, counts, threshold)),
+        ("Definition: this dissection's and the paper's", _definition_rows(counts)),
         ("Sensitivity: detectors by quantile q (rows) and IoU threshold", _sensitivity_rows(d)),
     ]
     metrics = d.train.get("metrics") if isinstance(d.train.get("metrics"), Mapping) else {}
@@ -284,6 +370,99 @@ def model_card(d: Dissection, counts: ModelCounts, by_path: Mapping[str, Dissect
     return ModelCard(d.name, sections, [(str(k), _fmt(v)) for k, v in metrics.items()], concept_sets)
 
 
+_DEFINITION_NAMES = {"quantile": "quantile", "quantile_sample": "quantile sample",
+                     "iou_over": "IoU over", "merge_concepts": "concepts merged"}
+
+
+def _setting_text(value: Any) -> str:
+    return ("yes" if value else "no") if isinstance(value, bool) else _fmt(value)
+
+
+def definitions_sentence(m: ModelCounts) -> str | None:
+    """``a.pt: by the paper's definition 5 detectors (here: quantile 0.05 instead of 0.005);
+    2 units move (1 only here, 1 only by the paper's, 0 relabelled)``."""
+    d = m.definitions
+    if d is None:
+        return None
+    here = ", ".join(f"{_DEFINITION_NAMES.get(key, key)} {_setting_text(this)} instead of "
+                     f"{_setting_text(paper)}" for key, this, paper in d.differences())
+    moves = "unit moves" if d.moved == 1 else "units move"
+    return (f"{m.name}: by the paper's definition {plural(d.paper_total, 'detector')}"
+            + (f" (here: {here})" if here else "")
+            + f"; {d.moved} {moves} ({len(d.only_this)} only here, {len(d.only_paper)} only by the "
+              f"paper's, {len(d.relabelled)} relabelled).")
+
+
+def null_columns(models: Sequence[ModelCounts]) -> list[str]:
+    """The Fig. 2 table's columns for the chance baselines: ``significant`` when a model has the
+    shuffled null, ``random init (mean)`` when one has untrained networks (none without nulls)."""
+    columns = []
+    if any(m.significant is not None for m in models):
+        columns.append("significant")
+    if any(m.random_init is not None for m in models):
+        columns.append("random init (mean)")
+    return columns
+
+
+def null_cells(m: ModelCounts, columns: Sequence[str]) -> list[int | float | None]:
+    """``m``'s cells of :func:`null_columns` (a mean to three significant digits; None: not computed)."""
+    cells: list[int | float | None] = []
+    for column in columns:
+        if column == "significant":
+            cells.append(m.significant)
+        else:
+            cells.append(None if m.random_init is None else float(f"{m.random_init.mean:.3g}"))
+    return cells
+
+
+def null_legend(models: Sequence[ModelCounts]) -> str | None:
+    """What Fig. 2 draws of the chance baselines the models have (None without any)."""
+    bars = [text for attr, text in (
+        ("random_init", "untrained networks of its architecture (solid)"),
+        ("shuffled", "its units with each concept's annotations shuffled among the images holding "
+                     "it (hatched)"),
+        ("rotation", "a rotated unit basis (dotted)")) if any(getattr(m, attr) for m in models)]
+    parts = []
+    if bars:
+        listed = bars[0] if len(bars) == 1 else f"{', '.join(bars[:-1])} and {bars[-1]}"
+        parts.append(f"thin grey bars beside a model's give the detectors of {listed}, each the "
+                     f"mean over the draws with a whisker for their range")
+    if any(m.significant is not None for m in models):
+        parts.append("a black diamond marks the detectors that are significant against the "
+                     "shuffled annotations (Benjamini-Hochberg over units)")
+    if not parts:
+        return None
+    return f"Chance baselines (dissect --null, computed at this threshold): {'; '.join(parts)}."
+
+
+CHANCE_KINDS = (("shuffled", "shuffled annotations"), ("random_init", "untrained networks"),
+                ("rotation", "rotated basis"), ("initial_checkpoint", "epoch-000"))
+
+
+def chance_table(models: Sequence[ModelCounts], concepts: Sequence[str]
+                 ) -> tuple[list[str], list[list[Any]]]:
+    """Per model and concept: detectors, significant detectors and each chance baseline's
+    detectors (:class:`NullCount`, None where not computed); concepts in ``concepts``' order, then
+    the model's others, each only where something is non-zero.  Empty without nulls."""
+    shown = [m for m in models if m.has_nulls]
+    kinds = [(attr, label) for attr, label in CHANCE_KINDS if any(getattr(m, attr) for m in shown)]
+    significant = any(m.significant is not None for m in shown)
+    headers = ["model", "concept", "detectors"] + (["significant"] if significant else []) + [
+        label for _, label in kinds]
+    rows: list[list[Any]] = []
+    for m in shown:
+        names = list(concepts) + [c for c in m.dissection.concepts if c not in concepts]
+        for concept in names:
+            per_kind = [getattr(m, attr).per_concept.get(concept) if getattr(m, attr) else None
+                        for attr, _ in kinds]
+            sig = m.significant_per_concept.get(concept) if m.significant is not None else None
+            if not (m.counts.get(concept) or sig or any(c is not None and c.high > 0 for c in per_kind)):
+                continue
+            rows.append([m.name, concept, m.counts.get(concept, 0)]
+                        + ([sig] if significant else []) + per_kind)
+    return (headers, rows) if rows else ([], [])
+
+
 def _observations(models: Sequence[ModelCounts], threshold: float) -> list[str]:
     lines = []
     for m in models:
@@ -291,6 +470,8 @@ def _observations(models: Sequence[ModelCounts], threshold: float) -> list[str]:
         share = 100.0 * m.total / m.dissection.num_units if m.dissection.num_units else 0.0
         lines.append(f"{m.name}: {plural(m.total, 'detector')} of {m.dissection.num_units} units "
                      f"({share:.1f}%), {plural(m.unique, 'unique concept')}; most: {tops}.")
+        chance = chance_sentence(m.name, m.total, m) if m.has_nulls else None
+        lines += [s for s in (chance, definitions_sentence(m)) if s]
     if len(models) > 1:
         best = max(models, key=lambda m: (m.total, m.unique))
         diverse = max(models, key=lambda m: (m.unique, m.total))
@@ -421,7 +602,7 @@ def assemble(collected: Collected, threshold: float, *, version: str,
         observations=observations, runs=runs, run_observations=run_observations,
         gallery=[_gallery(m, threshold, gallery_limit(len(models))) for m in models],
         attributions=[_attribution_view(s, threshold, names[id(s)]) for s in collected.attributions],
-        cards=[model_card(m.dissection, m, by_path) for m in models],
+        cards=[model_card(m.dissection, m, by_path, threshold) for m in models],
         mixed_settings=any(w.startswith("dissections with different") for w in warnings))
     if with_figures and models:
         data.fig_detectors = figures.detectors_figure(models, concepts, colors, threshold)

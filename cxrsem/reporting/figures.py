@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from cxrsem.reporting.aggregate import ModelCounts, RunSeries
 from cxrsem.textsafe import mpl_text
@@ -46,29 +48,72 @@ def _tick_label(name: str) -> str:
     return "\n".join(mpl_text(part, 28) for part in name.split(" · "))
 
 
+# Chance baselines beside each model's bar (dissect --null): attribute, legend label, bar style.
+NULL_BARS = (
+    ("random_init", "untrained networks", {"color": "#8c8c8c"}),
+    ("shuffled", "shuffled annotations", {"facecolor": "white", "edgecolor": "#6b6b6b", "hatch": "////"}),
+    ("rotation", "rotated unit basis", {"facecolor": "#d9d9d9", "edgecolor": "#6b6b6b", "hatch": "...."}),
+)
+_GROUP, _THIN, _GAP = 0.8, 0.12, 0.02  # with baselines: a model's bars share 0.8 of its slot
+
+
 def detectors_figure(models: Sequence[ModelCounts], concepts: Sequence[str], colors: dict[str, str],
                      threshold: float) -> bytes:
-    """Stacked bars: one per model, a colour per concept, the total on top (Fig. 2)."""
+    """Stacked bars: one per model, a colour per concept, the total on top (Fig. 2).  With
+    chance baselines at ``threshold`` (``dissect --null``), thin grey bars beside each model's
+    give the detectors of untrained networks, shuffled annotations and a rotated basis (mean,
+    whisker: the range of the draws), and a black diamond marks the significant detectors."""
     n = len(models)
-    fig = _figure(min(max(5.5, 1.1 * n + 3.5), 15.0), 4.4)
+    kinds = [kind for kind in NULL_BARS if any(getattr(m, kind[0]) is not None for m in models)]
+    with_significant = any(m.significant is not None for m in models)
+    width, centers = 0.7, [float(i) for i in range(n)]
+    if kinds:  # the stacked bar moves left to make room for the baselines
+        width = _GROUP - _GAP - _THIN * len(kinds)
+        centers = [i - _GROUP / 2 + width / 2 for i in range(n)]
+    fig = _figure(min(max(5.5, (1.1 + 0.25 * len(kinds)) * n + 3.5), 15.0), 4.4)
     ax = fig.add_subplot()
     bottoms = [0] * n
     for concept in concepts:
         heights = [m.counts.get(concept, 0) for m in models]
         if not any(heights):
             continue
-        ax.bar(range(n), heights, bottom=bottoms, color=colors[concept], edgecolor="white",
-               linewidth=0.5, label=mpl_text(concept, 32), width=0.7)
+        ax.bar(centers, heights, bottom=bottoms, color=colors[concept], edgecolor="white",
+               linewidth=0.5, label=mpl_text(concept, 32), width=width)
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-    top = max([m.total for m in models] + [m.interval[1] for m in models if m.interval] + [1])
+    top = max([m.total for m in models] + [m.interval[1] for m in models if m.interval] + [1]
+              + [getattr(m, kind).high for m in models for kind, _, _ in kinds
+                 if getattr(m, kind) is not None])
+    null_handles = []
+    for j, (kind, label, style) in enumerate(kinds):
+        x = [i - _GROUP / 2 + width + _GAP + _THIN * (j + 0.5) for i in range(n)]
+        shown = [(xi, getattr(m, kind)) for xi, m in zip(x, models, strict=True)
+                 if getattr(m, kind) is not None]
+        xs, counts = [xi for xi, _ in shown], [c for _, c in shown]
+        ax.bar(xs, [c.mean for c in counts], width=_THIN, linewidth=0.6, **style)
+        ax.errorbar(xs, [c.mean for c in counts],
+                    yerr=[[max(c.mean - c.low, 0) for c in counts],
+                          [max(c.high - c.mean, 0) for c in counts]],
+                    fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
+        null_handles.append((Patch(linewidth=0.6, **style), f"{label} (mean, range)"))
+    if with_significant:
+        marked = [(c, m.significant) for c, m in zip(centers, models, strict=True)
+                  if m.significant is not None]
+        ax.plot([c for c, _ in marked], [s for _, s in marked], linestyle="none", marker="D",
+                markersize=6, color="#111111", markeredgecolor="white", markeredgewidth=0.8,
+                zorder=4, clip_on=False)  # a diamond at 0 stays whole on the axis
+        fdrs = {m.fdr for m in models if m.significant is not None and m.fdr is not None}
+        null_handles.insert(0, (Line2D([], [], linestyle="none", marker="D", markersize=6,
+                                       color="#111111", markeredgecolor="white"),
+                                "significant vs shuffled" + (f" (FDR {fdrs.pop():g})"
+                                                             if len(fdrs) == 1 else "")))
     for i, m in enumerate(models):
         label, above = f"{m.total}", m.total
         if m.interval is not None:  # dissect --bootstrap: the total's interval as an error bar
             low, high = m.interval
-            ax.errorbar(i, m.total, yerr=[[max(m.total - low, 0)], [max(high - m.total, 0)]],
+            ax.errorbar(centers[i], m.total, yerr=[[max(m.total - low, 0)], [max(high - m.total, 0)]],
                         fmt="none", ecolor="#222222", elinewidth=1.0, capsize=4)
             label, above = f"{m.total} [{low:g}, {high:g}]", max(high, m.total)
-        ax.text(i, above + top * 0.015, label, ha="center", va="bottom", fontsize=9,
+        ax.text(centers[i], above + top * 0.015, label, ha="center", va="bottom", fontsize=9,
                 fontweight="bold")
     ax.set_xticks(range(n), [_tick_label(m.name) for m in models], fontsize=7.5,
                   rotation=0 if n <= 4 else 30, ha="center" if n <= 4 else "right")
@@ -78,11 +123,17 @@ def detectors_figure(models: Sequence[ModelCounts], concepts: Sequence[str], col
     ax.set_title(f"Concept detectors per model (IoU > {threshold:g})", fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     if any(m.total for m in models):
-        ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                  title="concept", title_fontsize=8)
+        legend = ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                           title="concept", title_fontsize=8)
+        if null_handles:
+            ax.add_artist(legend)  # a second legend would replace it otherwise
     else:
         ax.text(0.5, 0.5, f"no unit has an IoU above {threshold:g}", transform=ax.transAxes,
                 ha="center", va="center", color="#666666")
+    if null_handles:
+        ax.legend([h for h, _ in null_handles], [t for _, t in null_handles], fontsize=7,
+                  frameon=False, loc="lower left", bbox_to_anchor=(1.0, 0.0),
+                  title="chance baselines", title_fontsize=8)
     return _png(fig)
 
 

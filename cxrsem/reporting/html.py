@@ -10,14 +10,18 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cxrsem.reporting.aggregate import TABLE_THRESHOLDS, count_at
+from cxrsem.reporting.aggregate import TABLE_THRESHOLDS, NullCount, count_at
 from cxrsem.reporting.build import (
     UNITS_PER_CONCEPT,
     AttributionView,
     GalleryModel,
     ModelCard,
     ReportData,
+    chance_table,
     concept_text,
+    null_cells,
+    null_columns,
+    null_legend,
 )
 from cxrsem.reporting.collect import short_layer
 
@@ -85,10 +89,15 @@ def _section_detectors(data: ReportData) -> str:
     parts.append(f"<p>A unit is a detector of its best concept when that concept's dataset-wide IoU "
                  f"exceeds <b>{e(f'{data.threshold:g}')}</b> (paper Eq. 5). Bars: detectors per "
                  f"concept, stacked; totals on top.</p>")
+    legend = null_legend(data.models)
+    with_nulls = legend is not None
+    if legend is not None:
+        parts.append(f"<p>{e(legend)}</p>")
     if data.fig_detectors:
+        baselines = " with the chance baselines" if with_nulls else ""
         parts.append(f'<figure class="wide">{img(data.fig_detectors, "Detectors per concept per model")}'
                      f"<figcaption>Number and type of concept detectors per model at IoU &gt; "
-                     f"{e(f'{data.threshold:g}')}.</figcaption></figure>")
+                     f"{e(f'{data.threshold:g}')}{baselines}.</figcaption></figure>")
     if data.fig_concept_intervals:
         parts.append(f'<figure class="wide">'
                      f'{img(data.fig_concept_intervals, "Detectors per concept with bootstrap intervals")}'
@@ -98,7 +107,8 @@ def _section_detectors(data: ReportData) -> str:
     parts.append("<ul class=\"observations\">" + "".join(f"<li>{e(o)}</li>" for o in data.observations)
                  + "</ul>")
     concepts = data.concepts
-    headers = ["model", "layer", "epoch", "units", "detectors", "unique concepts"]
+    null_cols = null_columns(data.models)
+    headers = ["model", "layer", "epoch", "units", "detectors", "unique concepts", *null_cols]
     raw = [e(h) for h in headers] + [f"{swatch(data.colors[c])}{e(c)}" for c in concepts]
     if data.mixed_settings:
         headers += ["seg size", "quantile", "dissection IoU thr."]
@@ -107,15 +117,32 @@ def _section_detectors(data: ReportData) -> str:
     for m in data.models:
         d = m.dissection
         row: list[Any] = [m.name, short_layer(d.layer), ("–", -1) if d.epoch is None else d.epoch,
-                          d.num_units, m.total, m.unique] + [m.counts.get(c, 0) for c in concepts]
+                          d.num_units, m.total, m.unique]
+        row += [("–", -1) if v is None else v for v in null_cells(m, null_cols)]
+        row += [m.counts.get(c, 0) for c in concepts]
         if data.mixed_settings:
             row += [_setting(d.settings.get(k)) for k in ("seg_size", "quantile", "iou_threshold")]
         rows.append(row)
-    parts.append(table(headers + list(concepts), rows, raw_headers=raw, cls="counts", counts_from=4))
+    headers = headers[:6 + len(null_cols)] + list(concepts) + headers[6 + len(null_cols):]
+    parts.append(table(headers, rows, raw_headers=raw, cls="counts", counts_from=4))
     if not concepts:
         parts.append(f"<p>No unit of any model exceeds IoU {e(f'{data.threshold:g}')}.</p>")
+    parts.append(_chance_table(data))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _chance_table(data: ReportData) -> str:
+    headers, rows = chance_table(data.models, data.concepts)
+    if not rows:
+        return ""
+    cells = [[("–", -1) if v is None else (str(v), v.mean) if isinstance(v, NullCount) else v
+              for v in row] for row in rows]
+    return ("<h3>Chance baselines per concept</h3><p>Detectors of each concept, those significant "
+            "against shuffled annotations, and the detectors each chance baseline gives (mean "
+            "[range] over its draws).</p>"
+            + table(headers, cells, numeric=[False, False] + [True] * (len(headers) - 2),
+                    cls="counts", counts_from=2))
 
 
 def _setting(value: Any) -> Any:

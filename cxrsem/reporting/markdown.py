@@ -10,8 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from cxrsem.outputs import write_bytes
-from cxrsem.reporting.aggregate import TABLE_THRESHOLDS, count_at
-from cxrsem.reporting.build import ReportData, concept_text
+from cxrsem.reporting.aggregate import TABLE_THRESHOLDS, NullCount, count_at
+from cxrsem.reporting.build import (
+    ReportData,
+    chance_table,
+    concept_text,
+    null_cells,
+    null_columns,
+    null_legend,
+)
 from cxrsem.reporting.collect import short_layer
 
 # Emphasis, code, links/images (no "[" means no link, so parentheses may stay), table cells.
@@ -64,6 +71,9 @@ def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> 
         lines += ["**Warnings**", ""] + [f"- {md(w)}" for w in data.warnings] + [""]
 
     lines += ["## 1. Concept detectors per model (paper Fig. 2)", ""]
+    legend = null_legend(data.models)
+    if legend is not None:
+        lines += [md(legend), ""]
     if data.fig_detectors:
         lines += [figs.add("detectors.png", data.fig_detectors, "Detectors per concept per model"), ""]
     if data.fig_concept_intervals:
@@ -71,15 +81,25 @@ def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> 
                            "Detectors per concept with bootstrap intervals"), ""]
     lines += [f"- {md(o)}" for o in data.observations] + [""]
     if data.models:
-        headers = ["model", "layer", "epoch", "units", "detectors", "unique concepts", *data.concepts]
+        null_cols = null_columns(data.models)
+        headers = ["model", "layer", "epoch", "units", "detectors", "unique concepts", *null_cols,
+                   *data.concepts]
         rows = [[m.name, short_layer(m.dissection.layer), "–" if m.dissection.epoch is None
                  else m.dissection.epoch, m.dissection.num_units, m.total, m.unique]
+                + ["–" if v is None else v for v in null_cells(m, null_cols)]
                 + [m.counts.get(c, 0) for c in data.concepts] for m in data.models]
         if data.mixed_settings:
             headers += ["seg size", "quantile", "dissection IoU thr."]
             for row, m in zip(rows, data.models, strict=True):
                 row += [m.dissection.settings.get(k, "?") for k in ("seg_size", "quantile", "iou_threshold")]
         lines += [md_table(headers, rows), ""]
+        chance_headers, chance_rows = chance_table(data.models, data.concepts)
+        if chance_rows:
+            lines += ["**Chance baselines per concept**: detectors of each concept, those significant "
+                      "against shuffled annotations, and the detectors each chance baseline gives "
+                      "(mean \\[range\\] over its draws).", "",
+                      md_table(chance_headers, [["–" if v is None else str(v) if isinstance(v, NullCount)
+                                                 else v for v in row] for row in chance_rows]), ""]
 
     lines += ["## 2. Evolution over epochs (paper Fig. 4)", ""]
     if not data.runs:

@@ -21,6 +21,7 @@ import numpy as np
 
 from cxrsem.errors import DataError, UsageError
 from cxrsem.formats.dissection import Dissection, parse_dissection
+from cxrsem.reporting.aggregate import Chance, chance_baselines, chance_sentence, total_detectors
 from cxrsem.statistics.bootstrap import (
     DEFAULT_CONFIDENCE,
     Resampled,
@@ -107,6 +108,38 @@ class Comparison:
 
 
 @dataclass
+class ChanceRow:
+    """A model's chance baselines (``dissect --null``) as its ``dissection.json`` records them,
+    at its own IoU threshold: point values of the records, not resampled."""
+
+    model: str
+    detectors: int
+    iou_threshold: float
+    chance: Chance
+
+    def sentence(self) -> str:
+        return chance_sentence(self.model, self.detectors, self.chance) or f"{self.model}: no baselines"
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.chance
+        out: dict[str, Any] = {"model": self.model, "detectors": self.detectors,
+                               "iou_threshold": self.iou_threshold, "fdr": c.fdr}
+        if c.significant is not None:
+            out["significant"] = c.significant
+            out["significant_per_concept"] = dict(c.significant_per_concept)
+        for key in ("shuffled", "random_init", "rotation"):
+            count = getattr(c, key)
+            if count is not None:
+                out[key] = {"mean": count.mean, "low": count.low, "high": count.high,
+                            "draws": count.draws}
+        if c.initial_checkpoint is not None:
+            out["initial_checkpoint"] = {"path": c.initial_checkpoint.path,
+                                         "num_detectors": int(c.initial_checkpoint.mean)}
+        out["sentence"] = self.sentence()
+        return out
+
+
+@dataclass
 class CompareResult:
     models: list[str]
     comparisons: list[Comparison]
@@ -115,6 +148,10 @@ class CompareResult:
     seed: int
     group_by: str
     notes: list[str] = field(default_factory=list)
+    chance: list[ChanceRow] = field(default_factory=list)  # when every model has chance baselines
+
+    def chance_sentences(self) -> list[str]:
+        return [row.sentence() for row in self.chance]
 
     @property
     def alpha(self) -> float:
@@ -133,7 +170,8 @@ class CompareResult:
                 "rows": [{"quantity": r.quantity, "a": r.a.to_json(), "b": r.b.to_json(),
                           "difference": r.difference.to_json(), "p": r.p,
                           "p_holm": r.p_adjusted, "sentence": r.sentence(c.a, c.b, self.alpha)}
-                         for r in c.rows]} for c in self.comparisons]}
+                         for r in c.rows]} for c in self.comparisons],
+            **({"chance": [row.to_json() for row in self.chance]} if self.chance else {})}
 
 
 def _fmt(value: float) -> str:
@@ -293,4 +331,17 @@ def compare_models(models: Sequence[Model], *, resamples: int = DEFAULT_RESAMPLE
         for row, adjusted in zip(rows, holm([r.p for r in rows]), strict=True):
             row.p_adjusted = adjusted
     return CompareResult([m.name for m in models], comparisons, resamples, confidence, seed,
-                         group_by, notes)
+                         group_by, notes, chance_rows(models))
+
+
+def chance_rows(models: Sequence[Model]) -> list[ChanceRow]:
+    """Each model's chance baselines at its own threshold, when every model has them (a count
+    beyond chance is compared only where all were dissected with ``--null``)."""
+    rows = []
+    for m in models:
+        chance = chance_baselines(m.dissection.data, m.threshold)
+        if chance is None:
+            return []
+        rows.append(ChanceRow(m.name, total_detectors(m.dissection.units, m.threshold),
+                              m.threshold, chance))
+    return rows
