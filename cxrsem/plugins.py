@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = (
     "cxrsem.default_plugins.covid_seg",
     "cxrsem.default_plugins.weak",
     "cxrsem.default_plugins.ig",
+    "cxrsem.default_plugins.attribution_methods",
 )
 
 class PluginWarning(UserWarning):

@@ -43,7 +43,7 @@ class QuickstartSettings:
     # How sure, and against what chance: intervals and the cheap chance baselines (the initial
     # model epoch-000.pt is dissected anyway; more untrained networks: cxrsem dissect --null).
     bootstrap: int = 1000
-    null_permutations: int = 100
+    null_permutations: int = 1000
     overwrite: bool = False  # replace the results of an earlier quickstart in `out`
 
 

@@ -35,3 +35,21 @@ def test_training_runs_on_cuda_with_mixed_precision(tmp_path):
                                arch="densenet-mini", image_size=48, epochs=1, batch_size=16,
                                device="cuda", dataset_options={"n_train": 64, "n_val": 32}))
     assert result.epochs_run == 1 and np.isfinite(result.history[-1]["train_loss"])
+
+
+def test_chance_baselines_on_cuda_equal_cpu(tmp_path):
+    """The shuffled null and the rotated basis run the same code on the GPU: the same pairings
+    and rotations (seeded on the CPU) give the same p-values and null counts."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    results = {}
+    for device in ("cpu", "cuda"):
+        results[device] = dissect([ckpt], ["features"], out=tmp_path / device, concepts=["toy-blobs"],
+                                  settings=DissectSettings(quantile=0.05, seg_size=16,
+                                                           null_permutations=50, null_rotations=2),
+                                  device=device, figures=False)[0].layers[0]
+    cpu, cuda = results["cpu"], results["cuda"]
+    np.testing.assert_allclose([u["p_value"] for u in cuda.unit_nulls],
+                               [u["p_value"] for u in cpu.unit_nulls], atol=0.05)
+    assert cuda.nulls["shuffle"]["num_significant"] == cpu.nulls["shuffle"]["num_significant"]
+    assert abs(cuda.nulls["rotation"]["num_detectors"]["mean"]
+               - cpu.nulls["rotation"]["num_detectors"]["mean"]) <= 1

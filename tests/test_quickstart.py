@@ -24,7 +24,7 @@ def test_quickstart_runs_every_stage(tmp_path):
         record = json.loads((out / "dissect" / stem / "features.denseblock4" / "dissection.json").read_text())
         assert record["model"]["path"].endswith(f"{stem}.pt")
         assert record["bootstrap"]["resamples"] == 1000  # the demo says how sure ...
-        assert record["nulls"]["shuffle"]["permutations"] == 100  # ... and against what chance
+        assert record["nulls"]["shuffle"]["permutations"] == 1000  # ... and against what chance
     assert len(result.attributions) == 2
     attribution = json.loads(next((out / "attributions").glob("*.json")).read_text())
     assert attribution["layer"] == "features.denseblock4"

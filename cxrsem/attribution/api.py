@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cxrsem.api import resolve_component
+from cxrsem.attribution.ablation import AblationSettings, ablate_image
 from cxrsem.attribution.inputs import Inputs, batches, collect_images, find_inputs, unique_stems
 from cxrsem.attribution.methods import (
     LayerAttribution,
@@ -54,6 +55,7 @@ from cxrsem.formats.attribution import (
     CONCEPT_COLUMNS,
     SCHEMA,
     SUMMARY_COLUMNS,
+    ablation_columns,
     attribution_record,
     concept_rows,
     csv_text,
@@ -189,6 +191,22 @@ def _explain(model: _Model, method: _Method, batch: torch.Tensor, target: Target
     return complete(result, model.split, images, columns, batch_size)
 
 
+def _ablate(model: _Model, batch: torch.Tensor, attribution: LayerAttribution,
+            settings: AblationSettings, batch_size: int, first: int) -> list[dict[str, Any]]:
+    """``attribute --ablate``: each image's deletion/insertion curves for the method's top units
+    and for random units (:mod:`cxrsem.attribution.ablation`); one head pass for the batch, the
+    ablations as rows of the tail."""
+    images = model.spec.prepare(batch, device=model.device, dtype=model.dtype)
+    with torch.no_grad():
+        activations, extras = model.split.head(images)
+    scores = unit_scores(attribution.attributions.detach())
+    values = values_function(model.kind, len(model.outputs))
+    return [ablate_image(model.split, activations, extras, j, len(images), scores[j], values,
+                         int(attribution.columns[j]), settings, batch_size, first + j
+                         ).to_json(settings.random_draws, settings.seed)
+            for j in range(len(images))]
+
+
 def _check_finite(model: _Model, attribution: LayerAttribution, names: list[str]) -> None:
     """Refuse non-finite activations (or attributions) of a batch, naming the layer and image."""
     for what, values in (("activations", attribution.activations),
@@ -256,7 +274,8 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
               steps: int | None = None, method_options: Mapping[str, Any] | None = None,
               device: str | torch.device = "auto", batch_size: int = 32,
               out: str | Path | None = None, split: str = "auto", dtype: str = "float32",
-              render: bool = True, progress: Progress | None = None) -> AttributionRun:
+              render: bool = True, ablate: bool | AblationSettings = False,
+              progress: Progress | None = None) -> AttributionRun:
     """Semantic attribution (paper Sec. 2.3) of each image's prediction at ``layer``.
 
     ``images``: image files (PNG/JPEG 8/16-bit, DICOM) and/or folders, or a tensor
@@ -270,7 +289,10 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     options).  ``method=<a rule name>`` is deprecated and means ``method="ig", rule=<it>``.
     ``batch_size``: images per head pass and (image, step) rows per tail pass; ``split``: ``auto``
     (torch.fx, hook fallback), ``fx`` or ``hook``; ``out``: where to write the JSON/PNG files
-    (nothing is written when ``None``).  Inputs are validated before anything is written: a bad
+    (nothing is written when ``None``); ``ablate``: also zero each image's top-k units (and random
+    ones) and record the change of the explained output (``True``: the default
+    :class:`~.ablation.AblationSettings`, ks 1, 2, 5, 10, 20 and 10 random draws).  Inputs are
+    validated before anything is written: a bad
     method, option, target, dissection, layer or step count fails with a
     :class:`~cxrsem.errors.CxrsemError`; an ``out`` folder the call created is removed again when
     it fails before an image's result is written.  An image's files never take a run file's name
@@ -278,6 +300,9 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     Non-finite activations at ``layer`` are refused (:class:`~cxrsem.errors.DataError`).
     """
     chosen_method = _build_method(method, rule, steps, method_options)
+    ablation = AblationSettings() if ablate is True else (ablate or None)
+    if ablation is not None:
+        ablation.validate()
     top_k, batch_size = int(top_k), int(batch_size)
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
@@ -295,12 +320,12 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
 
     if out is None:
         return _attribute_into(None, inputs, model, chosen_method, target_spec, dissect,
-                               dissection, target, top_k, batch_size, render, emit)
+                               dissection, target, top_k, batch_size, render, emit, ablation)
     with output_dir(out, scaffolding=("config.toml", "manifest.json", ATTRIBUTION_LOCK)) as out_dir, \
             FolderLock(out_dir, what=f"attribution folder {out_dir}", path=out_dir / ATTRIBUTION_LOCK):
         _remove_stale_temporaries(out_dir)
         return _attribute_into(out_dir, inputs, model, chosen_method, target_spec, dissect,
-                               dissection, target, top_k, batch_size, render, emit)
+                               dissection, target, top_k, batch_size, render, emit, ablation)
 
 
 
@@ -314,7 +339,8 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 def _attribute_into(out_dir: Path | None, inputs: Inputs, model: _Model, chosen_method: _Method,
                     target_spec: Target | None, dissect: Dissection | None,
                     dissection: str | Path | None, target: str | int | None, top_k: int,
-                    batch_size: int, render: bool, emit: Progress) -> AttributionRun:
+                    batch_size: int, render: bool, emit: Progress,
+                    ablation: AblationSettings | None = None) -> AttributionRun:
     if out_dir is not None:
         _write_run_config(out_dir, inputs, model, chosen_method, dissection, target, top_k,
                           batch_size)
@@ -334,8 +360,13 @@ def _attribute_into(out_dir: Path | None, inputs: Inputs, model: _Model, chosen_
     for names, batch in batches(inputs, model.spec.size, batch_size, skip):
         attribution = _explain(model, chosen_method, batch, target_spec, batch_size)
         _check_finite(model, attribution, names)
-        for result in _results(model, chosen_method, attribution, names, batch, target_spec,
-                               top_k, dissect, stems):
+        batch_results = _results(model, chosen_method, attribution, names, batch, target_spec,
+                                 top_k, dissect, stems)
+        if ablation is not None:
+            curves = _ablate(model, batch, attribution, ablation, batch_size, len(results))
+            for result, curve in zip(batch_results, curves, strict=True):
+                result.data["ablation"] = curve
+        for result in batch_results:
             if out_dir is not None:
                 _write(result, out_dir, render)
             results.append(result)
@@ -347,7 +378,9 @@ def _attribute_into(out_dir: Path | None, inputs: Inputs, model: _Model, chosen_
                          path=model.split.path, split_reason=model.split.reason,
                          model_sha256=model.sha256, out=out_dir)
     if out_dir is not None and inputs.batch_mode:
-        run.summary_csv = write_text(out_dir / "summary.csv", csv_text(rows, SUMMARY_COLUMNS))
+        columns = list(SUMMARY_COLUMNS) + (
+            ablation_columns(ablation.ks_for(model.num_units)) if ablation is not None else [])
+        run.summary_csv = write_text(out_dir / "summary.csv", csv_text(rows, columns))
         if dissect is not None and results:
             run.concepts_csv = write_text(out_dir / "concepts.csv", csv_text(
                 concept_rows([r.data for r in results]), CONCEPT_COLUMNS))

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cxrsem.attribution.ablation import DEFAULT_KS, DEFAULT_RANDOM, AblationSettings, parse_ks
 from cxrsem.attribution.api import attribute as run_attribution
 from cxrsem.cli._options import ConfigOption, batch_size_option, device_option, library_option
 from cxrsem.options import parse_assignments
@@ -55,6 +56,12 @@ def attribute(
     method_opt: list[str] | None = typer.Option(
         None, "--method-opt", metavar="NAME=VALUE", help="An option of the attribution method "
         "(repeatable)."),
+    ablate: bool = typer.Option(False, "--ablate", help="Also zero each image's top-k units (and "
+                                "random ones) and record the change of the explained output."),
+    ablate_k: str = typer.Option(",".join(map(str, DEFAULT_KS)), "--ablate-k", metavar="K,...",
+                                 help="Unit counts to ablate."),
+    ablate_random: int = typer.Option(DEFAULT_RANDOM, "--ablate-random",
+                                      help="Random unit sets per k (the reference)."),
     device: str = device_option(_DEFAULT),
     batch_size: int = batch_size_option(_DEFAULT),
     out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -70,10 +77,17 @@ def attribute(
             images, model, layer, dissection=dissection, target=target, top_k=top_k,
             method=method, rule=rule, steps=steps,
             method_options=parse_assignments(method_opt or [], "--method-opt"), device=device,
-            batch_size=batch_size, out=out, progress=_AttributionProgress(err))
+            batch_size=batch_size, out=out, progress=_AttributionProgress(err),
+            ablate=AblationSettings(parse_ks(ablate_k), ablate_random) if ablate else False)
 
     table = Table(title=escape(f"semantic attribution at {run.layer} ({run.path} path)"))
-    for column in ("image", "prediction", "top unit", "concept", "share", "completeness gap"):
+    columns = ["image", "prediction", "top unit", "concept", "share", "completeness gap"]
+    results = list(run)
+    ablated = bool(results) and "ablation" in results[0].data
+    if ablated:
+        k = results[0].data["ablation"]["ks"][0]
+        columns.append(f"zeroing top {k} (random {k})")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("share", "top unit") else "left")
     for result in run:
         data = result.data
@@ -83,11 +97,17 @@ def attribute(
         gap = data["completeness"]
         shown_gap = ("undefined" if gap["delta"] is None and gap["abs_gap"] is None else
                      f"{_fmt(gap['abs_gap'], '.2e')} ({_fmt(gap['rel_gap'], '.1e')} rel.)")
-        table.add_row(escape(Path(result.image).name),
-                      escape(f"{name} = {_fmt(data['prediction'].get(name), '.3f')}"),
-                      str(top["unit"]), escape(concept), f"{100 * top['share']:.1f}%", shown_gap)
+        cells = [escape(Path(result.image).name),
+                 escape(f"{name} = {_fmt(data['prediction'].get(name), '.3f')}"),
+                 str(top["unit"]), escape(concept), f"{100 * top['share']:.1f}%", shown_gap]
+        if ablated:
+            curve = data["ablation"]
+            random = curve["random_deletion"]["mean"]
+            cells.append(f"{-curve['deletion'][0]:+.3g} ({_fmt(-random[0] if random else None, '+.3g')})")
+        table.add_row(*cells)
     for image, _reason in run.skipped:
-        table.add_row(escape(Path(image).name), "[yellow]skipped[/yellow]", "-", "-", "-", "-")
+        table.add_row(escape(Path(image).name), "[yellow]skipped[/yellow]",
+                      *["-"] * (len(columns) - 2))
     console = Console()
     console.print(table)
     written = f"{len(run)} attribution(s) in {run.out}"

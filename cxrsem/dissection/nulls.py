@@ -219,10 +219,11 @@ def null_summary(iou: np.ndarray, tally: IoUTally, settings, shuffled: ShuffledN
     """The ``nulls`` block of ``dissection.json`` and each unit's null fields.
 
     Shuffled null: each unit's best concept (by the observed IoU) is tested against that
-    concept's IoUs under the P pairings (one-sided empirical p-value), the p-values of all units
-    are Benjamini-Hochberg adjusted, and a detector is *significant* when its adjusted p-value is
-    at most ``settings.fdr``.  Per pairing, the detectors the paper's rule finds (each unit's best
-    null IoU above the threshold) give the location prior's expected count.  Rotation: detectors
+    concept's IoUs under the P pairings (one-sided empirical p-value), the p-values of the
+    paper-rule detectors are Benjamini-Hochberg adjusted (``p_adjusted`` is None for the other
+    units), and a detector is *significant* when its adjusted p-value is at most
+    ``settings.fdr``.  Per pairing, the detectors the paper's rule finds (each unit's best null IoU
+    above the threshold) give the location prior's expected count.  Rotation: detectors
     per concept in each rotated basis."""
     threshold = settings.iou_threshold
     best_index, best_iou = _best(iou)
@@ -233,8 +234,12 @@ def null_summary(iou: np.ndarray, tally: IoUTally, settings, shuffled: ShuffledN
         null = shuffled.null_iou(tally, settings.iou_over)                  # [P, K, C]
         at_best = np.take_along_axis(null, best_index[None, :, None], axis=2)[:, :, 0]
         p = empirical_p(best_iou, at_best)
-        adjusted = benjamini_hochberg(p)
-        significant = detector & (adjusted <= settings.fdr)
+        # The family is the paper-rule detectors (the claims being tested): with P permutations
+        # no p-value is below 1 / (P + 1), so Benjamini-Hochberg over every unit of a wide layer
+        # (m = 1024) could never reach a discovery, however strong.
+        adjusted = np.full(len(p), np.nan)
+        adjusted[detector] = benjamini_hochberg(p[detector])
+        significant = detector & (np.nan_to_num(adjusted, nan=1.0) <= settings.fdr)
         expected = shuffled.expected_iou(tally, settings.iou_over)[np.arange(len(best_iou)), best_index]
         null_index, null_best = _best(null)
         null_counts = _counts(null_index, is_detector(null_best, threshold), len(concepts))
@@ -243,14 +248,17 @@ def null_summary(iou: np.ndarray, tally: IoUTally, settings, shuffled: ShuffledN
             "pairing": "per concept, the images holding it in a random cyclic order, each paired "
                        "with the next (no image keeps its own annotation)",
             "test": "one-sided empirical p of each unit's best concept, (1 + #{null >= observed}) "
-                    "/ (1 + permutations); Benjamini-Hochberg over all units",
+                    "/ (1 + permutations); Benjamini-Hochberg over the paper-rule detectors",
+            "tested": int(detector.sum()),
+            "smallest_p": 1.0 / (shuffled.permutations + 1),
             "significant": {c: int(((best_index == j) & significant).sum())
                             for j, c in enumerate(concepts)},
             "num_significant": int(significant.sum()),
             **count_block(null_counts, concepts),
         }
         for k, unit in enumerate(units):
-            unit.update({"p_value": float(p[k]), "p_adjusted": float(adjusted[k]),
+            unit.update({"p_value": float(p[k]),
+                         "p_adjusted": None if np.isnan(adjusted[k]) else float(adjusted[k]),
                          "significant": bool(significant[k]),
                          "expected_iou": round(float(expected[k]), 8),
                          "null_iou_mean": round(float(at_best[:, k].mean()), 8)})

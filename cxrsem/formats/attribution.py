@@ -24,6 +24,7 @@ import numpy as np
 from cxrsem.formats.dissection import UNLABELLED
 
 __all__ = ["ATTRIBUTION_SCHEMA", "CONCEPT_COLUMNS", "SCHEMA", "SUMMARY_COLUMNS", "Attribution",
+           "ablation_cells", "ablation_columns",
            "attribution_record", "concept_rows", "csv_text", "method_fields", "parse_attribution",
            "skipped_row", "summary_row"]
 
@@ -145,7 +146,25 @@ def summary_row(image: str, data: Mapping[str, Any], json_name: str = "") -> dic
         "top_concept_overall": concepts[0]["concept"] if concepts else "",
         "rel_gap": data["completeness"]["rel_gap"], "path": data["path"],
         "json": json_name, "error": "",
+        **(ablation_cells(data["ablation"]) if "ablation" in data else {}),
     }
+
+
+def ablation_columns(ks: Sequence[int]) -> list[str]:
+    """The ``summary.csv`` columns of ``attribute --ablate``: per k, the deletion and insertion
+    changes of the top-k units and the mean deletion change of random sets of k units."""
+    return [f"{kind}_k{k}" for k in ks for kind in ("deletion", "random_deletion", "insertion")]
+
+
+def ablation_cells(ablation: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``summary.csv`` cells of one record's ``ablation`` block."""
+    cells: dict[str, Any] = {}
+    for j, k in enumerate(ablation["ks"]):
+        cells[f"deletion_k{k}"] = round(ablation["deletion"][j], 8)
+        cells[f"insertion_k{k}"] = round(ablation["insertion"][j], 8)
+        means = ablation["random_deletion"]["mean"]
+        cells[f"random_deletion_k{k}"] = round(means[j], 8) if means else None
+    return cells
 
 
 def skipped_row(image: str, error: str) -> dict[str, Any]:

@@ -163,7 +163,8 @@ def unit_rows(record: Mapping[str, Any]) -> list[list[Any]]:
     if tested:
         header += ["p_value", "p_adjusted", "significant", "expected_iou"]
         for row, u in zip(rows, units, strict=True):
-            row += [f"{u['p_value']:.6g}", f"{u['p_adjusted']:.6g}", int(u["significant"]),
+            adjusted = "" if u["p_adjusted"] is None else f"{u['p_adjusted']:.6g}"
+            row += [f"{u['p_value']:.6g}", adjusted, int(u["significant"]),
                     f"{u['expected_iou']:.6f}"]
     return [header] + rows
 
