@@ -49,6 +49,8 @@ def __getattr__(name: str):
         "attribute": ("cxrsem.attribution", "attribute"),
         "build_report": ("cxrsem.reporting", "build_report"),
         "compare": ("cxrsem.statistics.compare", "compare"),
+        "verify": ("cxrsem.attribution.verify", "verify"),
+        "VerifySettings": ("cxrsem.attribution.verify", "VerifySettings"),
         "prepare_images": ("cxrsem.prepare", "prepare_images"),
         "load_model": ("cxrsem.checkpoint", "load_model"),
     }
@@ -81,4 +83,6 @@ __all__ = [
     "attribute",
     "build_report",
     "compare",
+    "verify",
+    "VerifySettings",
 ]

@@ -24,6 +24,7 @@ from cxrsem.cli import (
     quickstart,
     report,
     train,
+    verify,
 )
 from cxrsem.errors import CxrsemError, os_error_message
 
@@ -52,7 +53,8 @@ def _root(
     """Semantic interpretation of chest X-ray models (Khakzar et al., MICCAI 2021)."""
 
 
-for module in (prepare, train, dissect, compare, attribute, report, plugins_cmd, quickstart):
+for module in (prepare, train, dissect, compare, attribute, verify, report, plugins_cmd,
+               quickstart):
     module.register(app)
 
 

@@ -1,0 +1,96 @@
+"""``cxrsem verify``: do the units an attribution method names matter?  Deletion/insertion curves,
+AOPC per method and concept ablation against random units over a dataset split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cxrsem.attribution.ablation import parse_ks
+from cxrsem.attribution.verify import VerifySettings, verify
+from cxrsem.cli._options import (
+    ConfigOption,
+    DataRootOption,
+    component_options,
+    data_roots,
+    device_option,
+    file_config,
+    library_option,
+    seed_option,
+)
+from cxrsem.cli._progress import PhaseProgress
+
+_V = VerifySettings  # option defaults come from the library, never re-declared here
+
+
+def verify_command(
+    ctx: typer.Context,
+    model: str = typer.Option(..., "--model", help="Checkpoint."),
+    layer: str = typer.Option(..., "--layer", help="Layer name or unambiguous suffix."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset whose split is ablated."),
+    dataset_opt: list[str] | None = typer.Option(None, "--dataset-opt", metavar="NAME=VALUE"),
+    data_root: list[str] | None = DataRootOption,
+    split: str = library_option(_V, "split", "Dataset split."),
+    dissection: Path | None = typer.Option(None, "--dissection", help="Dissection of this model "
+                                           "and layer: concept ablation of its detectors."),
+    methods: str = typer.Option(",".join(_V.methods), "--methods", metavar="NAME,...",
+                                help="Attribution methods to compare."),
+    ablate_k: str = typer.Option(",".join(map(str, _V.ks)), "--ablate-k", metavar="K,...",
+                                 help="Unit counts to delete / insert."),
+    ablate_random: int = typer.Option(_V.random_draws, "--ablate-random",
+                                      help="Random unit sets per k and per concept (the reference)."),
+    steps: int = library_option(_V, "steps", "Integration points of ig."),
+    limit: int = library_option(_V, "limit", "Use only the first N images (0 = all)."),
+    batch_size: int = library_option(_V, "batch_size", "Images per head pass."),
+    resamples: int = library_option(_V, "resamples", "Bootstrap resamples of the images."),
+    confidence: float = library_option(_V, "confidence", "Confidence of the intervals."),
+    seed: int = seed_option(_V),
+    device: str = device_option(verify),
+    out: Path | None = typer.Option(None, "--out", help="Folder for verify.json (optional)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Ablate units at a layer: which method's top units matter, and do concept detectors?"""
+    from_file = file_config(ctx)
+    settings = VerifySettings(
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()), ks=parse_ks(ablate_k),
+        random_draws=ablate_random, steps=steps, split=split, limit=limit, batch_size=batch_size,
+        resamples=resamples, confidence=confidence, seed=seed)
+    with PhaseProgress(quiet=quiet) as progress:
+        result = verify(model, layer, dataset, dissection=dissection,
+                        dataset_options=component_options(from_file, "dataset", dataset_opt,
+                                                          "--dataset-opt"),
+                        data_roots=data_roots(from_file, data_root), settings=settings,
+                        device=device, out=out, progress=progress)
+    console = Console()
+    table = Table(title=escape(f"{result.model} — {result.layer}: {result.images} images; mean "
+                               f"change of the explained output (95% bootstrap intervals)"))
+    table.add_column("method")
+    table.add_column("AOPC", justify="right")
+    curves = result.curves + ([result.random] if result.random else [])
+    for k in curves[0].ks if curves else []:
+        table.add_column(f"deletion k={k}", justify="right")
+    for c in curves:
+        table.add_row(escape(c.method), str(c.aopc), *(str(e) for e in c.deletion))
+    console.print(table)
+    if result.concepts:
+        concepts = Table(title=escape(f"concept ablation: change of {result.metric} "
+                                      f"(all units: {result.metric_value:.4g})"))
+        for column in ("concept", "detectors", "zeroing them", "as many random units"):
+            concepts.add_column(column, justify="left" if column == "concept" else "right")
+        for c in result.concepts:
+            concepts.add_row(escape(c.concept), str(len(c.units)), str(c.change),
+                             str(c.random_change))
+        console.print(concepts)
+    for sentence in result.sentences():
+        console.print(sentence, highlight=False, markup=False)
+    if result.out is not None:
+        console.print(f"results in {result.out}", highlight=False, markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify_command)
