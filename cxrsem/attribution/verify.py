@@ -204,6 +204,8 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
     detectors = _detectors(dissection, model) if dissection is not None else {}
     units = model.num_units
     ablation = AblationSettings(settings.ks, settings.random_draws, settings.seed)
+    # The random sets do not depend on the method: drawn (and run through the tail) once.
+    without_random = AblationSettings(settings.ks, 0, settings.seed)
     ks = ablation.ks_for(units)
     values = values_function(model.kind, len(model.outputs))
     concept_sets = _concept_unit_sets(detectors, units, settings)
@@ -231,13 +233,14 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
                                          batch_size=settings.batch_size * 8),
                               model.split, images, columns, settings.batch_size)
             scores = unit_scores(result.attributions.detach())
+            first = method is methods[0]
             for j in range(n):
                 curve = ablate_image(model.split, activations, extras, j, n, scores[j], values,
-                                     int(result.columns[j]), ablation, settings.batch_size * 8,
-                                     seen + j)
+                                     int(result.columns[j]), ablation if first else without_random,
+                                     settings.batch_size * 8, seen + j)
                 deletion[method.name].append(curve.deletion)
                 insertion[method.name].append(curve.insertion)
-                if method is methods[0]:  # the random sets do not depend on the method
+                if first and settings.random_draws:
                     random_deletion.append(curve.random_deletion.mean(axis=0))
                     random_insertion.append(curve.random_insertion.mean(axis=0))
         for name, keep in concept_sets.items():
