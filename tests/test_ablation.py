@@ -150,3 +150,31 @@ def test_bad_ablation_options_are_one_line(tmp_path, capsys):
                                 "--layer", "denseblock4", "--ablate", *options, "--out",
                                 tmp_path / "a"], capsys)
         assert code == 2 and err.count("\n") == 1, (options, err)
+
+
+def test_the_record_names_the_top_labelled_unit_with_its_rank():
+    """The paper (Sec. 2.3): "select the top contributing unit(s) and use their annotations (if it
+    exists)" -- the top unit is often unlabelled, so the record also names the best labelled one."""
+    from types import SimpleNamespace
+
+    from cxrsem.formats.attribution import attribution_record, summary_row
+    from cxrsem.formats.dissection import UnitLabel
+
+    labels = {0: UnitLabel(0, "Heart", 0.01, False), 1: UnitLabel(1, "Lung", 0.02, False),
+              2: UnitLabel(2, "Consolidation", 0.08, True)}
+    dissection = SimpleNamespace(label=lambda unit: labels[unit], path="d.json", iou_threshold=0.04)
+    s = np.zeros((3, 2, 2))
+    s[0], s[1], s[2] = 3.0, 2.0, 1.0  # contributions 12, 8, 4: the labelled unit ranks third
+    record = attribution_record(image="x.png", header={"path": "fx"}, target={"name": "score"},
+                                predictions={"score": 1.0}, s=s, contrib=np.array([12.0, 8.0, 4.0]),
+                                f_a=1.0, f_0=0.0, top_k=1, dissection=dissection)
+    top = record["top_labelled"]
+    assert top["unit"] == 2 and top["rank"] == 3 and top["concept"] == "Consolidation"
+    assert top["share"] == pytest.approx(4 / 24) and np.array(top["map"]).shape == (2, 2)
+    row = summary_row("x.png", record)
+    assert (row["top_labelled_unit"], row["top_labelled_rank"], row["top_labelled_concept"]) == \
+        (2, 3, "Consolidation")
+    nothing = attribution_record(image="x.png", header={"path": "fx"}, target={"name": "score"},
+                                 predictions={"score": 1.0}, s=s, contrib=np.array([12.0, 8.0, 4.0]),
+                                 f_a=1.0, f_0=0.0, top_k=1, dissection=None)
+    assert nothing["top_labelled"] is None

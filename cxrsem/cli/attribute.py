@@ -87,8 +87,9 @@ def attribute(
     if ablated:
         k = results[0].data["ablation"]["ks"][0]
         columns.append(f"zeroing top {k} (random {k})")
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("share", "top unit") else "left")
+    for column in columns:  # fold, never cut: names and numbers stay whole on narrow terminals
+        table.add_column(column, justify="right" if column in ("share", "top unit") else "left",
+                         overflow="fold")
     for result in run:
         data = result.data
         name = data["target"]["name"]
@@ -110,12 +111,31 @@ def attribute(
                       *["-"] * (len(columns) - 2))
     console = Console()
     console.print(table)
+    print_top_labelled(console, results)
     written = f"{len(run)} attribution(s) in {run.out}"
     if run.summary_csv is not None:
         written += f"; summary: {run.summary_csv.name}"
     if run.skipped:
         written += f"; {len(run.skipped)} image(s) skipped"
     console.print(written, highlight=False, markup=False)
+
+
+def print_top_labelled(console: Console, results: list, limit: int = 24) -> None:
+    """The top contributing unit is often unlabelled: one line per image (at most ``limit``)
+    naming the best-ranked unit the dissection labels, with its rank and share."""
+    named = [r for r in results if r.data.get("dissection") is not None]
+    if not named:
+        return
+    console.print("top labelled unit per image:", highlight=False, markup=False)
+    for result in named[:limit]:
+        entry = result.data.get("top_labelled")
+        text = ("no unit is labelled" if not entry else
+                f"unit {entry['unit']}: {entry['concept']} (rank {entry['rank']}, "
+                f"{entry['share']:.1%} of the contribution)")
+        console.print(f"  {Path(result.image).name}: {text}", highlight=False, markup=False)
+    if len(named) > limit:
+        console.print(f"  ... and {len(named) - limit} more (summary.csv: top_labelled_*)",
+                      highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,7 @@ from cxrsem.cli._options import (
     seed_option,
 )
 from cxrsem.cli._progress import PhaseProgress, TrainingProgress
+from cxrsem.cli.attribute import print_top_labelled
 from cxrsem.cli.dissect import detector_table
 from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD
 from cxrsem.quickstart import QuickstartSettings, run_quickstart
@@ -84,6 +85,7 @@ def quickstart(
                       "-" if predicted is None else f"{predicted:.2f}", str(top["unit"]),
                       escape(str(top.get("concept") or "unlabelled")), f"{top['share']:.0%}")
     console.print(table)
+    print_top_labelled(console, list(result.attributions))
     console.print(f"report: {result.report}", highlight=False, markup=False)
 
 

@@ -31,8 +31,11 @@ __all__ = ["ATTRIBUTION_SCHEMA", "CONCEPT_COLUMNS", "SCHEMA", "SUMMARY_COLUMNS",
 SCHEMA = "cxrsem-attribution/1"
 ATTRIBUTION_SCHEMA = SCHEMA
 
+# New columns go at the end: scripts that read the file by position keep working.
 SUMMARY_COLUMNS = ("image", "status", "target", "prediction", "top_unit", "top_concept",
-                   "top_share", "top_concept_overall", "rel_gap", "path", "json", "error")
+                   "top_share", "top_concept_overall", "rel_gap", "path", "json", "error",
+                   "top_labelled_unit", "top_labelled_rank", "top_labelled_concept",
+                   "top_labelled_share")
 CONCEPT_COLUMNS = ("concept", "images", "mean_share", "top_in_images")
 
 
@@ -72,6 +75,21 @@ def _unit_entries(contrib: np.ndarray, order: np.ndarray, total: float,
             "dissected": dissection is not None,
         })
     return entries
+
+
+def _top_labelled(contrib: np.ndarray, order: np.ndarray, total: float, dissection: Any | None,
+                  s: np.ndarray) -> dict[str, Any] | None:
+    """The highest-ranked unit the dissection labels (the paper: "select the top contributing
+    unit(s) and use their annotations (if it exists)"), with its rank and map; None without a
+    dissection or when no unit is labelled."""
+    if dissection is None:
+        return None
+    for rank, unit in enumerate(order, start=1):
+        label = dissection.label(int(unit))
+        if label.labelled:
+            (entry,) = _unit_entries(contrib, np.asarray([unit]), total, dissection)
+            return {**entry, "rank": rank, "map": s[int(unit)].tolist()}
+    return None
 
 
 def _concepts(contrib: np.ndarray, dissection: Any | None) -> list[dict[str, Any]]:
@@ -127,6 +145,7 @@ def attribution_record(*, image: str, header: Mapping[str, Any], target: Mapping
         "map_size": list(s.shape[1:]),
         "units": [float(c) for c in contrib],
         "top_k": top,
+        "top_labelled": _top_labelled(contrib, order, total, dissection, s),
         "concepts": _concepts(contrib, dissection),
         "dissection": None if dissection is None else {
             "path": str(dissection.path), "iou_threshold": dissection.iou_threshold},
@@ -144,10 +163,19 @@ def summary_row(image: str, data: Mapping[str, Any], json_name: str = "") -> dic
         "top_unit": top["unit"], "top_concept": top["concept"] or "",
         "top_share": round(top["share"], 6),
         "top_concept_overall": concepts[0]["concept"] if concepts else "",
+        **_top_labelled_cells(data.get("top_labelled")),
         "rel_gap": data["completeness"]["rel_gap"], "path": data["path"],
         "json": json_name, "error": "",
         **(ablation_cells(data["ablation"]) if "ablation" in data else {}),
     }
+
+
+def _top_labelled_cells(entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not entry:
+        return {}
+    return {"top_labelled_unit": entry["unit"], "top_labelled_rank": entry["rank"],
+            "top_labelled_concept": entry["concept"],
+            "top_labelled_share": round(entry["share"], 6)}
 
 
 def ablation_columns(ks: Sequence[int]) -> list[str]:
