@@ -17,8 +17,12 @@ drifts less than wall time on a shared machine):
   *activations* as the baseline (paper Eq. 6) and runs only the layers after L;
 - ``batch``: images/s of ``integrated_gradients`` over ``--images`` phantom images (the built-in
   phantom dataset when registered, otherwise synthetic ellipse phantoms), for ``--batch-sizes``;
-- ``api``: images/s of the whole :func:`cxrsem.attribute` on a folder of those images as PNGs
-  (reading, attribution, Fig. 5 rendering, JSON) -- what ``cxrsem attribute FOLDER`` does.
+- ``folder``: images/s of the whole :func:`cxrsem.attribute` on a folder of ``--api-images`` of
+  those images as PNGs (reading, attribution, JSON) with the Fig. 5 PNGs on (what
+  ``cxrsem attribute FOLDER`` does) and off (``render=False``), side by side with the engine alone
+  on the same images, in rotating rounds (see :func:`folder_runs`)::
+
+    .venv/bin/python benchmarks/bench_attribution.py --threads 1 --only-folder --api-images 64
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -108,44 +113,112 @@ def phantom_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(np.stack(images)[:, None], dtype=torch.float32)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="densenet121")
-    parser.add_argument("--layer", default="features.denseblock4")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--outputs", type=int, default=14)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--captum-repeats", type=int, default=2)
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch-sizes", default="32,64")
-    parser.add_argument("--api-images", type=int, default=16,
-                        help="images for the end-to-end API figure (0 to skip)")
-    parser.add_argument("--no-captum", action="store_true")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def folder_runs(model: torch.nn.Module, images: torch.Tensor, args: argparse.Namespace,
+                device: torch.device) -> dict:
+    """``cxrsem.attribute`` on a folder of ``--api-images`` PNGs with the Fig. 5 PNGs on and off,
+    and the engine alone (``integrated_gradients`` over the same images, split built, batches of
+    32), in rounds that rotate the order of the three so each sees the same machine load.
 
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = cxrsem.create_architecture(args.arch, num_outputs=args.outputs, in_channels=1)
-    model = model.eval().to(device)
-    images = phantom_images(max(args.images, 1), args.size)
-    x = normalize(images[:1].to(device), DEFAULT_NORMALIZATION)
+    Per folder run two rates: ``end to end`` (the whole call: checkpoint load, layer probe and
+    split -- about a second, once per run -- then reading, attribution, JSON and PNGs) and
+    ``steady`` (from the ``start`` progress event, i.e. after the setup, to the return), the rate a
+    long folder run approaches.  Ratios are taken within a round and their median reported.
+    """
+    from PIL import Image
+
+    n = args.api_images
+    out: dict = {"api_images": n, "api_repeats": args.api_repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "images"
+        folder.mkdir()
+        for i in range(n):
+            array = (images[i % images.shape[0], 0].numpy() * 255).astype(np.uint8)
+            Image.fromarray(array).save(folder / f"phantom-{i:03d}.png")
+        checkpoint = make_checkpoint(
+            model.cpu(), arch=args.arch, arch_kwargs={}, task_kind="multilabel",
+            outputs=[f"c{i}" for i in range(args.outputs)], image_size=args.size,
+            normalization=DEFAULT_NORMALIZATION)
+        model.to(device)
+        save_checkpoint(tmp / "model.pt", checkpoint)
+        batch = normalize(torch.cat([images] * (n // images.shape[0] + 1))[:n].to(device),
+                          DEFAULT_NORMALIZATION)
+        split = split_at(model, args.layer, batch[:1])
+        cols = torch.zeros(n, dtype=torch.long)
+
+        def engine() -> dict:
+            _sync(device)
+            start = time.perf_counter()
+            integrated_gradients(split, batch, values=lambda logits: logits, columns=cols,
+                                 steps=args.steps, batch_size=32)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            return {"seconds": seconds, "steady_seconds": seconds}
+
+        def folder_run(render: bool) -> dict:
+            began: list[float] = []
+
+            def progress(event: str, **_: object) -> None:
+                if event == "start":
+                    began.append(time.perf_counter())
+
+            target = tmp / ("on" if render else "off")
+            shutil.rmtree(target, ignore_errors=True)
+            start = time.perf_counter()
+            run = attribute(folder, tmp / "model.pt", args.layer, steps=args.steps,
+                            device=str(device), batch_size=32, out=target, render=render,
+                            progress=progress)
+            _sync(device)
+            end = time.perf_counter()
+            assert len(run) == n and (render == (target / "phantom-000.png").is_file())
+            return {"seconds": end - start, "steady_seconds": end - began[0]}
+
+        configs = {"engine": engine, "png_off": lambda: folder_run(False),
+                   "png_on": lambda: folder_run(True)}
+        names = list(configs)
+        folder_run(True)  # warm-up: imports (matplotlib, PIL plugins), allocator, oneDNN
+        times: dict[str, list[dict]] = {name: [] for name in names}
+        for r in range(args.api_repeats):
+            for name in names[r % 3:] + names[:r % 3]:
+                times[name].append(configs[name]())
+    rate = {name: [n / t["seconds"] for t in ts] for name, ts in times.items()}
+    steady = {name: [n / t["steady_seconds"] for t in ts] for name, ts in times.items()}
+    for name in names:
+        out[f"{name}_images_per_s"] = statistics.median(rate[name])
+        out[f"{name}_steady_images_per_s"] = statistics.median(steady[name])
+        out[f"{name}_all_images_per_s"] = rate[name]
+        out[f"{name}_steady_all_images_per_s"] = steady[name]
+
+    def ratio(a: str, b: str, table: dict) -> float:
+        return statistics.median(x / y for x, y in zip(table[a], table[b], strict=True))
+
+    for a, b in (("png_on", "engine"), ("png_off", "engine"), ("png_on", "png_off")):
+        out[f"{a}_over_{b}"] = ratio(a, b, rate)
+        out[f"{a}_over_{b}_steady"] = ratio(a, b, steady)
+    print(f"  folder of {n} PNGs, {args.api_repeats} rounds (images/s, median; end to end incl. "
+          f"~1 s setup / steady after setup):")
+    labels = {"engine": "engine only (integrated_gradients, batch 32)",
+              "png_off": "cxrsem.attribute(render=False)",
+              "png_on": "cxrsem.attribute(render=True)"}
+    for name in names:
+        print(f"    {labels[name]:46s} {out[f'{name}_images_per_s']:6.2f} / "
+              f"{out[f'{name}_steady_images_per_s']:6.2f}")
+    print(f"    PNGs on / engine  {out['png_on_over_engine']:.2f} / "
+          f"{out['png_on_over_engine_steady']:.2f};  PNGs off / engine "
+          f"{out['png_off_over_engine']:.2f} / {out['png_off_over_engine_steady']:.2f};  "
+          f"PNGs on / off {out['png_on_over_png_off']:.2f} / "
+          f"{out['png_on_over_png_off_steady']:.2f}  (median of per-round ratios)")
+    return out
+
+
+def engine_figures(model: torch.nn.Module, images: torch.Tensor, x: torch.Tensor,
+                   args: argparse.Namespace, device: torch.device, figures: dict) -> None:
+    """The per-image (forward, cxrsem, Captum) and batch-mode figures, into ``figures``."""
     target = 0
     columns = torch.tensor([target])
 
     def values(logits):
         return logits
-
-    figures: dict = {
-        "arch": args.arch, "layer": args.layer, "size": args.size, "steps": args.steps,
-        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
-    }
 
     start = time.perf_counter()
     split = split_at(model, args.layer, x)
@@ -214,31 +287,49 @@ def main() -> None:
               f"({args.images} images, --batch-size {batch_size}; CPU time "
               f"{cpu / args.images * 1e3:.0f} ms per image)")
 
-    if args.api_images:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            from PIL import Image
 
-            folder = tmp / "images"
-            folder.mkdir()
-            for i in range(args.api_images):
-                array = (images[i % images.shape[0], 0].numpy() * 255).astype(np.uint8)
-                Image.fromarray(array).save(folder / f"phantom-{i:03d}.png")
-            checkpoint = make_checkpoint(
-                model.cpu(), arch=args.arch, arch_kwargs={}, task_kind="multilabel",
-                outputs=[f"c{i}" for i in range(args.outputs)], image_size=args.size,
-                normalization=DEFAULT_NORMALIZATION)
-            model.to(device)
-            save_checkpoint(tmp / "model.pt", checkpoint)
-            start, cpu = time.perf_counter(), time.process_time()
-            attribute(folder, tmp / "model.pt", args.layer, steps=args.steps, device=str(device),
-                      batch_size=32, out=tmp / "out")
-            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        figures["api_images_per_s"] = args.api_images / seconds
-        figures["api_cpu_s_per_image"] = cpu / args.api_images
-        print(f"  cxrsem.attribute()    {args.api_images / seconds:9.2f} images/s   "
-              f"({args.api_images} PNGs end to end: load, split, attribute, render, write; "
-              f"CPU time {cpu / args.api_images * 1e3:.0f} ms per image)")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="densenet121")
+    parser.add_argument("--layer", default="features.denseblock4")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--outputs", type=int, default=14)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--captum-repeats", type=int, default=2)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-sizes", default="32,64")
+    parser.add_argument("--api-images", type=int, default=32,
+                        help="images in the folder for the end-to-end figures (0 to skip)")
+    parser.add_argument("--api-repeats", type=int, default=3,
+                        help="rounds of engine / PNGs off / PNGs on for the folder figures")
+    parser.add_argument("--only-folder", action="store_true",
+                        help="measure only the folder figures (skip forward, Captum, batch)")
+    parser.add_argument("--no-captum", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = cxrsem.create_architecture(args.arch, num_outputs=args.outputs, in_channels=1)
+    model = model.eval().to(device)
+    images = phantom_images(max(args.images, 1), args.size)
+    x = normalize(images[:1].to(device), DEFAULT_NORMALIZATION)
+    figures: dict = {
+        "arch": args.arch, "layer": args.layer, "size": args.size, "steps": args.steps,
+        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
+    }
+
+    if not args.only_folder:
+        engine_figures(model, images, x, args, device, figures)
+
+    if args.api_images:
+        figures.update(folder_runs(model, images, args, device))
 
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures["loadavg_end"] = os.getloadavg()[0]

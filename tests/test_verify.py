@@ -108,3 +108,41 @@ def test_verify_cli_writes_its_record_and_refuses_bad_input(tmp_path, model, cap
         code, _, err = run_cli(["verify", "--model", model, "--layer", "denseblock4", "--dataset",
                                 "phantom", *bad], capsys)
         assert code == 2 and err.count("\n") == 1, (bad, err)
+
+
+def test_localisation_on_the_phantom_s_masks_through_the_cli(tmp_path, model, dissected, capsys):
+    out = tmp_path / "v"
+    code, stdout, err = run_cli(["verify", "--model", model, "--layer", "denseblock4", "--dataset",
+                                 "phantom", "--dataset-opt", "n_val=6", "--limit", 16, "--methods",
+                                 "ig,activation", "--steps", 4, "--ablate-k", "1",
+                                 "--ablate-random", 1, "--resamples", 20, "--dissection", dissected,
+                                 "--concepts", "phantom", "--concept-opt", "phantom.n_images=20",
+                                 "--out", out, "--quiet"],
+                                capsys)
+    assert code == 0, err
+    local = json.loads((out / "verify.json").read_text())["localisation"]
+    assert local["concept_sets"] == ["phantom"] and local["images"] == 16  # --limit holds
+    assert local["options"]["phantom"]["n_images"] == 20 and local["mask_size"] == 24
+    assert [m["method"] for m in local["methods"]] == ["ig", "activation"]
+    # Whether an image counts depends on its annotations, not on the method.
+    counted = {row["images"] for row in local["methods"]}
+    assert len(counted) == 1 and 0 < counted.pop() <= 16
+    for row in local["methods"]:
+        assert sum(row["concepts"].values()) == row["images"]
+        for measure in ("pointing_game", "relevance_mass"):
+            estimate = row[measure]
+            assert 0 <= estimate["low"] <= estimate["value"] <= estimate["high"] <= 1
+    text = " ".join(stdout.split())
+    assert "pointing game" in text and "relevance mass" in text and "images counted" in text
+    for bad, message in ((["--concepts", "phantom"], "needs --dissection"),
+                         (["--concept-opt", "phantom.n_images=4"], "without --concepts")):
+        code, _, err = run_cli(["verify", "--model", model, "--layer", "denseblock4", "--dataset",
+                                "phantom", *bad], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (bad, err)
+
+
+def test_undefined_values_are_null_in_the_record():
+    from cxrsem.attribution.verify import Estimate
+
+    assert Estimate(float("nan"), 0.1, float("inf")).to_json() == {"value": None, "low": 0.1,
+                                                                  "high": None}

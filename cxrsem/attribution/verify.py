@@ -14,11 +14,16 @@ of the split model's tail):
    multi-label, zone MAE for severity zones, MAE for a global score, AUROC for binary), against
    zeroing as many random units of the layer (R draws); paired bootstrap intervals over images
    (the same resampled images for every condition).
+3. **Localisation against annotations** (with a dissection and ``concepts``): for every image of
+   the concept sets and each method, the top-ranked labelled unit whose concept is present in
+   the image; does its map fall on that concept's mask?  Pointing game and relevance mass
+   (:mod:`cxrsem.attribution.localisation`), averaged over the images that count, with
+   percentile bootstrap intervals over them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +33,12 @@ import torch
 
 from cxrsem.api import build_dataset, resolve_component
 from cxrsem.attribution.ablation import DEFAULT_KS, DEFAULT_RANDOM, AblationSettings, ablate_image
+from cxrsem.attribution.localisation import localise
 from cxrsem.attribution.methods import complete, unit_scores
 from cxrsem.attribution.targets import default_columns, values_function
 from cxrsem.engine.data import make_loader
 from cxrsem.errors import DataError, UsageError
-from cxrsem.formats.dissection import UNLABELLED, load_dissection
+from cxrsem.formats.dissection import UNLABELLED, Dissection, load_dissection
 from cxrsem.outputs import output_dir, write_json
 from cxrsem.statistics.bootstrap import interval
 from cxrsem.tasks import predict
@@ -66,14 +72,20 @@ class VerifySettings:
             raise UsageError(f"--confidence must be in (0, 1), got {self.confidence}")
 
 
+def _finite(value: float) -> float | None:
+    """``value``, or None where it is NaN or infinite (strict JSON has no NaN: an AUROC over a
+    split where an output has one class only is undefined)."""
+    return float(value) if np.isfinite(value) else None
+
+
 @dataclass
 class Estimate:
     value: float
     low: float
     high: float
 
-    def to_json(self) -> dict[str, float]:
-        return {"value": self.value, "low": self.low, "high": self.high}
+    def to_json(self) -> dict[str, float | None]:
+        return {"value": _finite(self.value), "low": _finite(self.low), "high": _finite(self.high)}
 
     def __str__(self) -> str:
         return f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}]"
@@ -97,6 +109,24 @@ class ConceptAblation:
 
 
 @dataclass
+class MethodLocalisation:
+    method: str
+    images: int                      # images that counted (a labelled unit's concept present)
+    pointing_game: Estimate | None   # None when no image counted
+    relevance_mass: Estimate | None
+    concepts: dict[str, int] = field(default_factory=dict)  # the chosen units' concepts: images
+
+
+@dataclass
+class Localisation:
+    concept_sets: list[str]
+    images: int                      # images of the concept sets looked at
+    mask_size: int
+    methods: list[MethodLocalisation] = field(default_factory=list)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per concept set, resolved
+
+
+@dataclass
 class VerifyResult:
     model: str
     layer: str
@@ -106,6 +136,7 @@ class VerifyResult:
     curves: list[MethodCurves] = field(default_factory=list)
     random: MethodCurves | None = None
     concepts: list[ConceptAblation] = field(default_factory=list)
+    localisation: Localisation | None = None
     out: Path | None = None
 
     def sentences(self) -> list[str]:
@@ -122,6 +153,19 @@ class VerifyResult:
             lines.append(f"zeroing the {len(c.units)} {c.concept} detector(s) changes "
                          f"{self.metric} by {c.change}; {len(c.units)} random unit(s): "
                          f"{c.random_change}")
+        if self.localisation is not None:
+            counted = [m for m in self.localisation.methods if m.images]
+            if counted:
+                lines.append(
+                    f"top labelled unit's map on its concept's annotation "
+                    f"({self.localisation.images} images of {', '.join(self.localisation.concept_sets)}"
+                    f"): pointing game " + ", ".join(
+                        f"{m.method} {m.pointing_game} (n={m.images})" for m in counted)
+                    + "; relevance mass " + ", ".join(
+                        f"{m.method} {m.relevance_mass}" for m in counted))
+            else:
+                lines.append(f"localisation: no image of {', '.join(self.localisation.concept_sets)} "
+                             f"contains the concept of a labelled unit")
         return lines
 
 
@@ -179,15 +223,27 @@ def _metric_resamples(kind: str, logits: torch.Tensor, targets: torch.Tensor, na
 
 def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str | Path | None = None,
            dataset_options: Mapping[str, Any] | None = None,
+           concepts: Sequence[str] = (),
+           concept_options: Mapping[str, Mapping[str, Any]] | None = None,
            data_roots: Mapping[str, str] | None = None, settings: VerifySettings | None = None,
            device: str = "auto", out: str | Path | None = None,
            progress: Progress | None = None) -> VerifyResult:
     """Deletion/insertion curves and AOPC per attribution method, and (with ``dissection``)
-    concept ablation against random units, over ``dataset``'s ``settings.split``."""
+    concept ablation against random units, over ``dataset``'s ``settings.split``.
+
+    With ``concepts`` (concept-set names, options per set in ``concept_options``; needs
+    ``dissection``): localisation of each method's top labelled unit against the annotations of
+    the sets' first ``settings.limit`` images (all with 0), see :func:`_localisation`."""
     from cxrsem.attribution.api import _build_method, _load_model  # the attribute pipeline's steps
 
     settings = settings or VerifySettings()
     settings.validate()
+    concepts = list(dict.fromkeys(concepts))
+    if concepts and dissection is None:
+        raise UsageError("--concepts needs --dissection: localisation follows the units the "
+                         "dissection labels")
+    if concept_options and not concepts:
+        raise UsageError("--concept-opt given without --concepts")
     emit = progress or (lambda *_a, **_k: None)
     methods = [_build_method(m, None, settings.steps if m == "ig" else None, None)
                for m in settings.methods]
@@ -201,7 +257,10 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
     count = min(len(data), settings.limit) if settings.limit else len(data)
     if count == 0:
         raise DataError(f"dataset {dataset} yields no {settings.split} images")
-    detectors = _detectors(dissection, model) if dissection is not None else {}
+    record = _dissection(dissection, model) if dissection is not None else None
+    detectors = _detectors(record, model.num_units) if record is not None else {}
+    annotations = (_annotations(model, record, detectors, concepts, concept_options, data_roots,
+                                settings) if concepts else None)
     units = model.num_units
     ablation = AblationSettings(settings.ks, settings.random_draws, settings.seed)
     # The random sets do not depend on the method: drawn (and run through the tail) once.
@@ -216,7 +275,7 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
     logits_by_condition: dict[str, list[torch.Tensor]] = {"all": []}
     for name in concept_sets:
         logits_by_condition[name] = []
-    emit("start", total=count)
+    emit("phase", name="ablation", total=count)
     seen = 0
     for batch in make_loader(data, batch_size=settings.batch_size):
         images_raw = batch["image"][:max(0, count - seen)]
@@ -249,20 +308,111 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
             _tail_with(model, activations, extras, torch.ones(1, units, dtype=torch.bool)))
         seen += n
         emit("advance", amount=n)
+    localisation = (_localisation(model, methods, *annotations, settings, emit)
+                    if annotations is not None else None)
     return _summarise(model, settings, ks, deletion, insertion, random_deletion, random_insertion,
-                      targets_all, logits_by_condition, detectors, seen, out)
+                      targets_all, logits_by_condition, detectors, seen, out, localisation)
 
 
-def _detectors(dissection: str | Path, model) -> dict[str, list[int]]:
+def _dissection(dissection: str | Path, model) -> Dissection:
+    return load_dissection(dissection, layer=model.layer, sha256=model.sha256,
+                           num_units=model.num_units, model_name=Path(model.path).name)
+
+
+def _detectors(record: Dissection, num_units: int) -> dict[str, list[int]]:
     """Concept -> the units the dissection labels with it (paper-rule detectors)."""
-    record = load_dissection(dissection, layer=model.layer, sha256=model.sha256,
-                             num_units=model.num_units, model_name=Path(model.path).name)
     found: dict[str, list[int]] = {}
-    for unit in range(model.num_units):
+    for unit in range(num_units):
         label = record.label(unit)
         if label.labelled and label.concept not in (None, UNLABELLED):
             found.setdefault(label.concept, []).append(unit)
     return found
+
+
+def _annotations(model, record: Dissection, detectors: Mapping[str, list[int]],
+                 concepts: list[str], concept_options, data_roots,
+                 settings: VerifySettings) -> tuple[Any, int, torch.Tensor]:
+    """``(source, mask_size, unit_channel)``: the concept sets' images and masks at the
+    dissection's seg size, and for every unit the mask channel of the concept the dissection
+    labels it with (-1: unlabelled, or a concept these sets do not annotate).  Built before any
+    model pass, so a mismatch with the dissection fails at once."""
+    from cxrsem.dissection.concepts import build_concept_source
+
+    mask_size = int(record.settings.get("seg_size") or model.spec.size)
+    source = build_concept_source(concepts, image_size=model.spec.size, mask_size=mask_size,
+                                  seed=settings.seed, options=concept_options,
+                                  data_roots=data_roots, limit=settings.limit)
+    channel = {c: i for i, c in enumerate(source.concepts)}
+    unit_channel = torch.full((model.num_units,), -1, dtype=torch.long)
+    for concept, members in detectors.items():
+        if concept in channel:
+            unit_channel[members] = channel[concept]
+    if not bool((unit_channel >= 0).any()):
+        labelled = ", ".join(sorted(detectors)) or "none"
+        raise UsageError(f"the dissection labels no unit with a concept of {', '.join(concepts)} "
+                         f"({', '.join(source.concepts)}); its labelled concepts: {labelled}")
+    return source, mask_size, unit_channel
+
+
+def _localisation(model, methods, source, mask_size: int, unit_channel: torch.Tensor,
+                  settings: VerifySettings, emit: Progress) -> Localisation:
+    """Pointing game and relevance mass (:mod:`cxrsem.attribution.localisation`) per method over
+    the images of the concept sets ``concepts``.
+
+    Per image and method: the units are ranked by the method's score (``sum |s_k|``,
+    :func:`unit_scores`; ties: the lower unit); the top one among the units the dissection labels
+    with a concept whose mask is non-empty in this image is localised against that mask, its map
+    ``s_k`` upsampled to the mask size (the dissection's seg size).  An image where no labelled
+    unit's concept is present does not count for the method.  The explained output is the one
+    every verify curve explains (``default_columns``)."""
+    labelled = unit_channel >= 0
+    values = values_function(model.kind, len(model.outputs))
+    columns = default_columns(model.kind)
+    hits: dict[str, list[float]] = {m.name: [] for m in methods}
+    mass: dict[str, list[float]] = {m.name: [] for m in methods}
+    chosen: dict[str, dict[str, int]] = {m.name: {} for m in methods}
+    total = len(source)
+    emit("phase", name="localisation", total=total)
+    for start in range(0, total, settings.batch_size):
+        batch = source.batch(list(range(start, min(start + settings.batch_size, total))))
+        masks = batch["masks"]
+        present = masks.flatten(2).any(-1)                                 # [B, C]
+        # eligible[j, k]: unit k is labelled and its concept's mask is non-empty in image j
+        eligible = labelled[None, :] & present[:, unit_channel.clamp(min=0)]
+        images = model.spec.prepare(batch["image"], device=model.device, dtype=model.dtype)
+        for method in methods:
+            result = complete(method.run(model.split, images, values=values, columns=columns,
+                                         batch_size=settings.batch_size * 8),
+                              model.split, images, columns, settings.batch_size)
+            maps = result.attributions.detach().float().cpu()
+            scores = unit_scores(maps).double()
+            ranked = scores.masked_fill(~eligible, float("-inf"))
+            for j in torch.nonzero(eligible.any(dim=1)).flatten().tolist():
+                unit = int(ranked[j].argmax())  # the first of equal scores: the lower unit
+                c = int(unit_channel[unit])
+                hit, share = localise(maps[j, unit], masks[j, c])
+                hits[method.name].append(hit)
+                mass[method.name].append(share)
+                name = source.concepts[c]
+                chosen[method.name][name] = chosen[method.name].get(name, 0) + 1
+        emit("advance", amount=masks.shape[0])
+    rows = []
+    for method in methods:
+        n = len(hits[method.name])
+        if n == 0:
+            rows.append(MethodLocalisation(method.name, 0, None, None, {}))
+            continue
+        draws = _resamples(n, settings.resamples, settings.seed)
+        estimates = []
+        for values_ in (np.asarray(hits[method.name]), np.asarray(mass[method.name])):
+            estimates.append(_interval(values_[draws].mean(axis=1), values_.mean(),
+                                       settings.confidence))
+        rows.append(MethodLocalisation(method.name, n, *estimates,
+                                       dict(sorted(chosen[method.name].items()))))
+    # Recorded as resolved (typed, defaults filled in), as training and attribution record theirs.
+    resolved = {name: resolve_component("concept_set", name, source.options.get(name, {}))[1]
+                for name in source.set_names()}
+    return Localisation(source.set_names(), total, mask_size, rows, resolved)
 
 
 def _concept_unit_sets(detectors: Mapping[str, list[int]], units: int,
@@ -295,7 +445,8 @@ def _tail_with(model, activations: torch.Tensor, extras: tuple, keep: torch.Tens
 
 
 def _summarise(model, settings, ks, deletion, insertion, random_deletion, random_insertion,
-               targets_all, logits_by_condition, detectors, seen, out) -> VerifyResult:
+               targets_all, logits_by_condition, detectors, seen, out,
+               localisation: Localisation | None = None) -> VerifyResult:
     draws = _resamples(seen, settings.resamples, settings.seed)
     curves = [_curves(name, ks, np.stack(deletion[name]), np.stack(insertion[name]), draws,
                       settings.confidence) for name in deletion]
@@ -322,7 +473,7 @@ def _summarise(model, settings, ks, deletion, insertion, random_deletion, random
             _interval(np.asarray(boot), change, settings.confidence),
             _interval(np.asarray(boot_random), float(random_change), settings.confidence)))
     result = VerifyResult(model.path, model.layer, seen, metric, base_value, curves, random,
-                          concepts)
+                          concepts, localisation)
     if out is not None:
         with output_dir(out) as folder:
             result.out = folder
@@ -338,7 +489,7 @@ def _record(result: VerifyResult, settings: VerifySettings) -> dict[str, Any]:
 
     return {
         "schema": SCHEMA, "model": result.model, "layer": result.layer, "images": result.images,
-        "split": settings.split, "metric": result.metric, "metric_value": result.metric_value,
+        "split": settings.split, "metric": result.metric, "metric_value": _finite(result.metric_value),
         "settings": {"methods": list(settings.methods), "ks": list(settings.ks),
                      "random_draws": settings.random_draws, "ig_steps": settings.steps,
                      "resamples": settings.resamples, "confidence": settings.confidence,
@@ -348,6 +499,7 @@ def _record(result: VerifyResult, settings: VerifySettings) -> dict[str, Any]:
         "concept_ablation": [{"concept": c.concept, "units": c.units, "change": c.change.to_json(),
                               "random_change": c.random_change.to_json()}
                              for c in result.concepts],
+        "localisation": _localisation_record(result.localisation),
         "sentences": result.sentences(),
         "definitions": {
             "deletion": "f(A) - f(A with the method's top-k units zeroed), mean over images",
@@ -355,9 +507,29 @@ def _record(result: VerifyResult, settings: VerifySettings) -> dict[str, Any]:
             "aopc": "mean of the deletion change over the ks (area over the perturbation curve)",
             "concept_ablation": "metric with the concept's detectors zeroed minus the metric with "
                                 "all units, over the split; random: as many random units, mean "
-                                "over draws; intervals: paired percentile bootstrap over images"},
+                                "over draws; intervals: paired percentile bootstrap over images",
+            "localisation": "per image and method, the top-ranked (sum |s_k|) unit the dissection "
+                            "labels with a concept present in the image; its map s_k upsampled "
+                            "bilinearly to the mask size; images without such a unit do not count",
+            "pointing_game": "1 if the upsampled map's argmax pixel lies inside the concept's "
+                             "mask, else 0 (ties: the share of maximal pixels inside); mean over "
+                             "counted images",
+            "relevance_mass": "sum of the map's positive part inside the mask / its sum over the "
+                              "image (0 without a positive part); mean over counted images"},
     }
 
 
-__all__ = ["DEFAULT_METHODS", "SCHEMA", "ConceptAblation", "Estimate", "MethodCurves",
-           "VerifyResult", "VerifySettings", "verify"]
+def _localisation_record(localisation: Localisation | None) -> dict[str, Any] | None:
+    if localisation is None:
+        return None
+    as_json = lambda e: None if e is None else e.to_json()  # noqa: E731
+    return {"concept_sets": localisation.concept_sets, "images": localisation.images,
+            "mask_size": localisation.mask_size, "options": localisation.options,
+            "methods": [{"method": m.method, "images": m.images,
+                         "pointing_game": as_json(m.pointing_game),
+                         "relevance_mass": as_json(m.relevance_mass), "concepts": m.concepts}
+                        for m in localisation.methods]}
+
+
+__all__ = ["DEFAULT_METHODS", "SCHEMA", "ConceptAblation", "Estimate", "Localisation",
+           "MethodCurves", "MethodLocalisation", "VerifyResult", "VerifySettings", "verify"]

@@ -1,5 +1,6 @@
 """``cxrsem verify``: do the units an attribution method names matter?  Deletion/insertion curves,
-AOPC per method and concept ablation against random units over a dataset split."""
+AOPC per method and concept ablation against random units over a dataset split, and the top
+labelled unit's localisation against concept annotations (pointing game, relevance mass)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cxrsem.cli._options import (
     ConfigOption,
     DataRootOption,
     component_options,
+    concept_options,
     data_roots,
     device_option,
     file_config,
@@ -23,6 +25,7 @@ from cxrsem.cli._options import (
     seed_option,
 )
 from cxrsem.cli._progress import PhaseProgress
+from cxrsem.errors import UsageError
 
 _V = VerifySettings  # option defaults come from the library, never re-declared here
 
@@ -37,6 +40,12 @@ def verify_command(
     split: str = library_option(_V, "split", "Dataset split."),
     dissection: Path | None = typer.Option(None, "--dissection", help="Dissection of this model "
                                            "and layer: concept ablation of its detectors."),
+    concepts: list[str] | None = typer.Option(
+        None, "--concepts", metavar="NAME",
+        help="Concept set(s) whose annotations the top labelled unit's map is localised against "
+             "(pointing game, relevance mass; repeatable; needs --dissection)."),
+    concept_opt: list[str] | None = typer.Option(None, "--concept-opt", metavar="SET.OPTION=VALUE",
+                                                 help="Option of one concept set (repeatable)."),
     methods: str = typer.Option(",".join(_V.methods), "--methods", metavar="NAME,...",
                                 help="Attribution methods to compare."),
     ablate_k: str = typer.Option(",".join(map(str, _V.ks)), "--ablate-k", metavar="K,...",
@@ -54,14 +63,19 @@ def verify_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Ablate units at a layer: which method's top units matter, and do concept detectors?"""
+    """Ablate units at a layer: which method's top units matter, do concept detectors, and do
+    the top labelled units' maps fall on their concepts' annotations (--concepts)?"""
     from_file = file_config(ctx)
+    if concept_opt and not concepts:
+        raise UsageError("--concept-opt given without --concepts")
     settings = VerifySettings(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), ks=parse_ks(ablate_k),
         random_draws=ablate_random, steps=steps, split=split, limit=limit, batch_size=batch_size,
         resamples=resamples, confidence=confidence, seed=seed)
     with PhaseProgress(quiet=quiet) as progress:
-        result = verify(model, layer, dataset, dissection=dissection,
+        result = verify(model, layer, dataset, dissection=dissection, concepts=concepts or (),
+                        concept_options=(concept_options(from_file, concept_opt) if concepts
+                                         else None),
                         dataset_options=component_options(from_file, "dataset", dataset_opt,
                                                           "--dataset-opt"),
                         data_roots=data_roots(from_file, data_root), settings=settings,
@@ -78,18 +92,34 @@ def verify_command(
         table.add_row(escape(c.method), str(c.aopc), *(str(e) for e in c.deletion))
     console.print(table)
     if result.concepts:
-        concepts = Table(title=escape(f"concept ablation: change of {result.metric} "
+        ablation = Table(title=escape(f"concept ablation: change of {result.metric} "
                                       f"(all units: {result.metric_value:.4g})"))
         for column in ("concept", "detectors", "zeroing them", "as many random units"):
-            concepts.add_column(column, justify="left" if column == "concept" else "right")
+            ablation.add_column(column, justify="left" if column == "concept" else "right")
         for c in result.concepts:
-            concepts.add_row(escape(c.concept), str(len(c.units)), str(c.change),
+            ablation.add_row(escape(c.concept), str(len(c.units)), str(c.change),
                              str(c.random_change))
-        console.print(concepts)
+        console.print(ablation)
+    if result.localisation is not None:
+        console.print(localisation_table(result.localisation, settings.confidence))
     for sentence in result.sentences():
         console.print(sentence, highlight=False, markup=False)
     if result.out is not None:
         console.print(f"results in {result.out}", highlight=False, markup=False)
+
+
+def localisation_table(localisation, confidence: float) -> Table:
+    table = Table(title=escape(
+        f"localisation of the top labelled unit's map on its concept's annotation: "
+        f"{localisation.images} images of {', '.join(localisation.concept_sets)} "
+        f"(masks {localisation.mask_size} px; {100 * confidence:g}% bootstrap intervals)"))
+    for column in ("method", "images counted", "pointing game", "relevance mass"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for m in localisation.methods:
+        table.add_row(escape(m.method), str(m.images),
+                      str(m.pointing_game) if m.pointing_game is not None else "—",
+                      str(m.relevance_mass) if m.relevance_mass is not None else "—")
+    return table
 
 
 def register(app: typer.Typer) -> None:
