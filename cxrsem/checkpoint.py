@@ -231,20 +231,25 @@ def _refused_global(exc: BaseException) -> str | None:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> nn.Module:
-    """Instantiate the checkpoint's architecture and load its weights (strictly), in eval mode."""
+def create_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """The checkpoint's architecture (name, options, head size, input channels), freshly
+    initialised: its weights are not loaded (:func:`build_model` loads them)."""
     from cxrsem.api import create_architecture
     from cxrsem.tasks import head_size
 
-    arch = checkpoint["arch"]
-    task = checkpoint["task"]
-    num_outputs = head_size(task["kind"], len(task["outputs"]))
+    arch, task = checkpoint["arch"], checkpoint["task"]
     try:
-        model = create_architecture(arch["name"], num_outputs=num_outputs,
-                                    in_channels=checkpoint["input"].get("channels", 1),
-                                    **arch.get("kwargs", {}))
+        return create_architecture(arch["name"], num_outputs=head_size(task["kind"], len(task["outputs"])),
+                                   in_channels=checkpoint["input"].get("channels", 1),
+                                   **arch.get("kwargs", {}))
     except CxrsemError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
+
+
+def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """Instantiate the checkpoint's architecture and load its weights (strictly), in eval mode."""
+    arch = checkpoint["arch"]
+    model = create_model(checkpoint, source)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -108,11 +108,10 @@ def random_unit_sets(units: int, ks: Sequence[int], draws: int, seed: int, image
 def top_unit_sets(scores: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
     """``[len(ks), K]`` bool: the ``k`` highest-scoring units (ties: the lower unit index)."""
     units = scores.shape[0]
-    order = sorted(range(units), key=lambda u: (-float(scores[u]), u))
-    out = torch.zeros(len(ks), units, dtype=torch.bool)
-    for j, k in enumerate(ks):
-        out[j, order[:k]] = True
-    return out
+    order = torch.argsort(-scores.detach().cpu().double(), stable=True)  # ties: lower unit first
+    rank = torch.empty(units, dtype=torch.long)
+    rank[order] = torch.arange(units)
+    return rank[None, :] < torch.as_tensor(list(ks))[:, None]
 
 
 def ablate_image(split: Split, activations: torch.Tensor, extras: tuple, image: int,

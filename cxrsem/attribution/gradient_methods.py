@@ -121,20 +121,24 @@ def layer_gradients(split: Split, images: torch.Tensor, *, values: ValuesFn, col
         logits=torch.cat(parts["logits"]), columns=torch.cat(parts["col"]))
 
 
-@dataclass(frozen=True)
-class GradientTimesActivation:
-    """The registered method ``grad-x-act``: ``s_k^i = a_k^i * df/da_k^i`` at ``A`` (Eq. 6 at the
-    one point ``alpha = 1``; with the zero baseline, the first-order Taylor term of
-    ``f(A) - f(0)``).  Records ``f(A)`` and ``f(0)``: the completeness gap is the Taylor
-    remainder (zero for a tail linear along ``alpha * A``)."""
+class _WithoutOptions:
+    """What the three one-point methods share: they take no options."""
 
     @classmethod
-    def from_options(cls) -> GradientTimesActivation:
+    def from_options(cls):
         return cls()
 
     @property
     def options(self) -> dict[str, object]:
         return {}
+
+
+@dataclass(frozen=True)
+class GradientTimesActivation(_WithoutOptions):
+    """The registered method ``grad-x-act``: ``s_k^i = a_k^i * df/da_k^i`` at ``A`` (Eq. 6 at the
+    one point ``alpha = 1``; with the zero baseline, the first-order Taylor term of
+    ``f(A) - f(0)``).  Records ``f(A)`` and ``f(0)``: the completeness gap is the Taylor
+    remainder (zero for a tail linear along ``alpha * A``)."""
 
     def __call__(self, split: Split, images: torch.Tensor, *, values: ValuesFn, columns: Columns,
                  batch_size: int = 64, progress: Progress | None = None) -> LayerAttribution:
@@ -147,19 +151,11 @@ class GradientTimesActivation:
 
 
 @dataclass(frozen=True)
-class GradCAM:
+class GradCAM(_WithoutOptions):
     """The registered method ``gradcam``: Grad-CAM (Selvaraju et al. 2017) per unit,
     ``alpha_k = (1/hw) sum_i df/da_k^i`` at ``A`` and ``s_k^i = alpha_k * a_k^i`` -- without the
     ``ReLU(sum_k s_k)`` that makes Grad-CAM's heat map, since cxrsem scores units.  The unit score
     is ``|alpha_k| sum_i |a_k^i|``.  No completeness claim: ``f(A)``, ``f(0)`` stay ``None``."""
-
-    @classmethod
-    def from_options(cls) -> GradCAM:
-        return cls()
-
-    @property
-    def options(self) -> dict[str, object]:
-        return {}
 
     def __call__(self, split: Split, images: torch.Tensor, *, values: ValuesFn, columns: Columns,
                  batch_size: int = 64, progress: Progress | None = None) -> LayerAttribution:
@@ -173,19 +169,11 @@ class GradCAM:
 
 
 @dataclass(frozen=True)
-class ActivationMap:
+class ActivationMap(_WithoutOptions):
     """The registered method ``activation``: ``s_k^i = a_k^i``, the unit's own activation map (the
     paper's "crude activation map", Sec. 3.5), scored ``sum_i |a_k^i|``.  No gradient: ``s`` does
     not depend on the explained output (``values`` is unused; the logits and columns are recorded
     only to report the prediction).  ``f(A)``, ``f(0)`` stay ``None``: completeness is undefined."""
-
-    @classmethod
-    def from_options(cls) -> ActivationMap:
-        return cls()
-
-    @property
-    def options(self) -> dict[str, object]:
-        return {}
 
     def __call__(self, split: Split, images: torch.Tensor, *, values: ValuesFn, columns: Columns,
                  batch_size: int = 64, progress: Progress | None = None) -> LayerAttribution:

@@ -187,7 +187,7 @@ def _best(iou: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index, np.take_along_axis(iou, index[..., None], axis=-1)[..., 0]
 
 
-def _counts(best_index: np.ndarray, detector: np.ndarray, concepts: int) -> np.ndarray:
+def counts_per_concept(best_index: np.ndarray, detector: np.ndarray, concepts: int) -> np.ndarray:
     """Detectors per concept ``[..., C]`` from best concepts and detector flags ``[..., K]``."""
     flat_index = best_index.reshape(-1, best_index.shape[-1])
     flat_detector = detector.reshape(flat_index.shape)
@@ -242,7 +242,7 @@ def null_summary(iou: np.ndarray, tally: IoUTally, settings, shuffled: ShuffledN
         significant = detector & (np.nan_to_num(adjusted, nan=1.0) <= settings.fdr)
         expected = shuffled.expected_iou(tally, settings.iou_over)[np.arange(len(best_iou)), best_index]
         null_index, null_best = _best(null)
-        null_counts = _counts(null_index, is_detector(null_best, threshold), len(concepts))
+        null_counts = counts_per_concept(null_index, is_detector(null_best, threshold), len(concepts))
         block["shuffle"] = {
             "permutations": shuffled.permutations, "seed": seed,
             "pairing": "per concept, the images holding it in a random cyclic order, each paired "
@@ -266,7 +266,7 @@ def null_summary(iou: np.ndarray, tally: IoUTally, settings, shuffled: ShuffledN
         per_rotation = []
         for tally_r in rotated.tallies:
             index_r, best_r = _best(tally_r.iou(settings.iou_over))
-            per_rotation.append(_counts(index_r, is_detector(best_r, threshold), len(concepts)))
+            per_rotation.append(counts_per_concept(index_r, is_detector(best_r, threshold), len(concepts)))
         block["rotation"] = {"rotations": len(per_rotation), "seed": seed,
                              "basis": "unit axis multiplied by a Haar-random orthogonal matrix, "
                                       "re-thresholded at the same quantile",
@@ -290,7 +290,7 @@ def definitions_summary(iou: np.ndarray, paper_iou: np.ndarray, concepts: list[s
     here_index, here_iou = _best(iou)
     paper_index, paper_best = _best(paper_iou)
     here, paper = is_detector(here_iou, threshold), is_detector(paper_best, threshold)
-    paper_counts = _counts(paper_index, paper, len(concepts))
+    paper_counts = counts_per_concept(paper_index, paper, len(concepts))
     return {
         "this": {"quantile": settings.quantile, "quantile_sample": settings.quantile_sample,
                  "iou_over": settings.iou_over, "merge_concepts": settings.merge_concepts},

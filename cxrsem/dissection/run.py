@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrsem.checkpoint import build_model, load_model, source_prefix, state_dict_sha256
+from cxrsem.checkpoint import (
+    build_model,
+    create_model,
+    load_model,
+    source_prefix,
+    state_dict_sha256,
+)
 from cxrsem.dissection import sensitivity
 from cxrsem.dissection.cache import DamagedCache, DissectionCache, cache_key, sweep
 from cxrsem.dissection.concepts import ConceptSource, build_concept_source
@@ -33,6 +39,7 @@ from cxrsem.dissection.nulls import (
     RotatedBases,
     ShuffledNull,
     count_block,
+    counts_per_concept,
     definitions_summary,
     null_summary,
 )
@@ -495,15 +502,9 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
 def random_init_checkpoint(checkpoint: Mapping[str, Any], seed: int) -> dict[str, Any]:
     """The checkpoint with freshly initialised weights of its own architecture and input spec
     (seeded; the global RNG is left as it was)."""
-    from cxrsem.api import create_architecture
-    from cxrsem.tasks import head_size
-
-    arch, task = checkpoint["arch"], checkpoint["task"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = create_architecture(arch["name"], num_outputs=head_size(task["kind"], len(task["outputs"])),
-                                    in_channels=checkpoint["input"].get("channels", 1),
-                                    **arch.get("kwargs", {}))
+        model = create_model(checkpoint, source=f"random-init of {checkpoint['arch']['name']}")
     train = dict(checkpoint.get("train") or {})
     train.update(init=f"random (seed {seed})", epoch=0)
     return {**checkpoint, "state_dict": model.state_dict(), "train": train}
@@ -554,8 +555,7 @@ def _random_init_nulls(result: ModelDissection, model_path: Path, source_for, se
 def _detector_counts(layer: LayerDissection, settings: DissectSettings) -> np.ndarray:
     """Detectors per concept ``[C]`` of a dissected layer (the paper's rule, Eq. 5)."""
     index, best = layer.best
-    detector = is_detector(best, settings.iou_threshold)
-    return np.bincount(index[detector], minlength=len(layer.concepts)).astype(np.int64)
+    return counts_per_concept(index, is_detector(best, settings.iou_threshold), len(layer.concepts))
 
 
 def _box_fit_rows(layer: LayerDissection, box_concepts: Sequence[bool]) -> list[dict[str, Any]]:
