@@ -1,7 +1,7 @@
 """The paper's central claim, reproduced on the phantom: training creates concept detectors.
 
     .venv/bin/python benchmarks/science_check.py [--epochs 4] [--image-size 96] [--seeds 0 1] \
-        [--bootstrap 1000] [--null-permutations 100] [--random-init 5]
+        [--bootstrap 1000] [--null-permutations 100] [--random-init 5] [--verify]
 
 Trains ``densenet-mini`` on phantom severity (``mae-scce``, the BrixIA 6-zone loss), dissects its
 ``epoch-000.pt`` (the initial model) and its final checkpoint at ``denseblock4`` against the
@@ -13,7 +13,10 @@ both models: :mod:`cxrsem.statistics.bootstrap`) of trained minus initial: its 9
 two-sided p-value for the opacity detectors, all lesion detectors and all detectors.  With the
 chance baselines (``--null-permutations``, ``--random-init``; 0 skips them) it also prints, per
 model and concept, the detectors that beat the shuffled-annotation null (Benjamini-Hochberg at FDR
-0.05) and the detectors untrained networks of the same architecture give.
+0.05) and the detectors untrained networks of the same architecture give.  With ``--verify`` it
+also runs ``cxrsem verify`` on the trained model's validation split: AOPC per attribution method
+against random units (paired), and the severity MAE change when the dissection's detectors of each
+concept are zeroed against as many random units (:mod:`cxrsem.attribution.verify`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from cxrsem.attribution.verify import VerifySettings, verify
 from cxrsem.dissection import DissectSettings, dissect
 from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD, is_detector
 from cxrsem.statistics.bootstrap import (
@@ -89,7 +93,8 @@ def chance(name: str, layer) -> None:
 
 
 def run(seed: int, epochs: int, image_size: int, n_train: int, n_images: int, folder: Path,
-        resamples: int = 1000, permutations: int = 0, random_init: int = 0) -> dict:
+        resamples: int = 1000, permutations: int = 0, random_init: int = 0,
+        check_units: bool = False) -> dict:
     started = time.perf_counter()
     result = train(TrainConfig(out=str(folder / f"run{seed}"), dataset="phantom", loss="mae-scce",
                                arch="densenet-mini", epochs=epochs, image_size=image_size, lr=2e-3,
@@ -117,6 +122,14 @@ def run(seed: int, epochs: int, image_size: int, n_train: int, n_images: int, fo
     if permutations or random_init:
         for name, model in (("initial", initial), ("trained", trained)):
             chance(name, model.layers[0])
+    if check_units:
+        started = time.perf_counter()
+        checked = verify(final, "denseblock4", "phantom", dissection=folder / f"dissect{seed}" / final.stem,
+                         dataset_options={"n_train": n_train, "n_val": 200}, device="cpu",
+                         settings=VerifySettings(seed=seed, resamples=1000))
+        print(f"  verify ({checked.images} val images, {time.perf_counter() - started:.0f} s):")
+        for sentence in checked.sentences():
+            print(f"    {sentence}")
     return counts
 
 
@@ -131,12 +144,14 @@ def main() -> None:
     parser.add_argument("--null-permutations", type=int, default=0,
                         help="shuffled-annotation null (0: none)")
     parser.add_argument("--random-init", type=int, default=0, help="untrained networks (0: none)")
+    parser.add_argument("--verify", action="store_true",
+                        help="unit and concept ablation of the trained model (cxrsem verify)")
     args = parser.parse_args()
     wins = 0
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             counts = run(seed, args.epochs, args.image_size, args.n_train, args.dissect_images, Path(tmp),
-                         args.bootstrap, args.null_permutations, args.random_init)
+                         args.bootstrap, args.null_permutations, args.random_init, args.verify)
             gained = sum(counts["trained"][c] for c in OPACITY) > sum(counts["initial"][c] for c in OPACITY)
             wins += gained
     print(f"opacity detectors increased with training in {wins} of {len(args.seeds)} runs")

@@ -44,6 +44,8 @@ class QuickstartSettings:
     # model epoch-000.pt is dissected anyway; more untrained networks: cxrsem dissect --null).
     bootstrap: int = 1000
     null_permutations: int = 1000
+    # Do the named units matter?  cxrsem verify on the validation split (0: skip the stage).
+    verify_images: int = 200
     overwrite: bool = False  # replace the results of an earlier quickstart in `out`
 
 
@@ -54,6 +56,7 @@ class QuickstartResult:
     training: TrainResult | None = None
     dissections: list[Any] = field(default_factory=list)
     attributions: Any = None
+    verification: Any = None
     report: Path | None = None
 
 
@@ -79,7 +82,7 @@ def write_samples(out: Path, count: int, image_size: int, seed: int) -> list[Pat
     return written
 
 
-QUICKSTART_ENTRIES = {"manifest.json", "samples", "severity", "dissect", "attributions",
+QUICKSTART_ENTRIES = {"manifest.json", "samples", "severity", "dissect", "attributions", "verify",
                       "report.html"}
 
 
@@ -99,6 +102,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def run_quickstart(settings: QuickstartSettings, progress: Progress | None = None) -> QuickstartResult:
     from cxrsem.attribution import attribute
+    from cxrsem.attribution.verify import VerifySettings, verify
     from cxrsem.dissection import DissectSettings, dissect
     from cxrsem.reporting import build_report
 
@@ -108,11 +112,11 @@ def run_quickstart(settings: QuickstartSettings, progress: Progress | None = Non
     write_manifest(out, seed=settings.seed, device=settings.device)
     result = QuickstartResult(out=out)
 
-    progress("stage", name="samples", message=f"1/5 writing {settings.samples} phantom samples")
+    progress("stage", name="samples", message=f"1/6 writing {settings.samples} phantom samples")
     result.samples = write_samples(out, settings.samples, settings.image_size, settings.seed)
     progress("note", message=f"wrote {len(result.samples)} PNGs to {out / 'samples'}")
 
-    progress("stage", name="train", message="2/5 training densenet-mini on phantom severity (mae-scce)")
+    progress("stage", name="train", message="2/6 training densenet-mini on phantom severity (mae-scce)")
     run_dir = out / "severity"
     config = TrainConfig(
         out=str(run_dir), dataset="phantom", loss="mae-scce", arch="densenet-mini",
@@ -122,7 +126,7 @@ def run_quickstart(settings: QuickstartSettings, progress: Progress | None = Non
         dataset_options={"n_train": settings.n_train, "n_val": settings.n_val})
     result.training = train(config, progress=progress)
 
-    progress("stage", name="dissect", message="3/5 dissecting the initial and the trained model")
+    progress("stage", name="dissect", message="3/6 dissecting the initial and the trained model")
     final = run_dir / f"epoch-{result.training.epochs_run:03d}.pt"
     dissect_dir = out / "dissect"
     result.dissections = dissect(
@@ -133,15 +137,27 @@ def run_quickstart(settings: QuickstartSettings, progress: Progress | None = Non
         device=settings.device,
         seed=settings.seed, progress=progress)
 
-    progress("stage", name="attribute", message="4/5 semantic attribution of the sample images")
+    progress("stage", name="attribute", message="4/6 semantic attribution of the sample images")
     sample_images = sorted((out / "samples").glob("*.png"))
     layer_dir = dissect_dir / final.stem
     result.attributions = attribute(
         sample_images, final, LAYER, dissection=layer_dir, steps=settings.attribution_steps,
         device=settings.device, out=out / "attributions", progress=progress)
 
-    progress("stage", name="report", message="5/5 writing the report")
-    report = build_report([dissect_dir], attributions=[out / "attributions"],
+    verified = []
+    if settings.verify_images:
+        progress("stage", name="verify", message="5/6 do the named units matter? (cxrsem verify)")
+        result.verification = verify(
+            final, LAYER, "phantom", dissection=layer_dir, concepts=["phantom"],
+            concept_options={"phantom": {"n_images": settings.dissect_images}},
+            dataset_options={"n_train": settings.n_train, "n_val": settings.n_val},
+            settings=VerifySettings(limit=settings.verify_images, resamples=settings.bootstrap,
+                                    seed=settings.seed),
+            device=settings.device, out=out / "verify", progress=progress)
+        verified = [out / "verify"]
+
+    progress("stage", name="report", message="6/6 writing the report")
+    report = build_report([dissect_dir], attributions=[out / "attributions"], verify=verified,
                           labels={str(dissect_dir / "epoch-000"): "initial (epoch 0)",
                                   str(dissect_dir / final.stem): f"trained (epoch {final.stem[6:]})"},
                           out=out / "report.html")

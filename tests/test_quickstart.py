@@ -28,8 +28,11 @@ def test_quickstart_runs_every_stage(tmp_path):
     assert len(result.attributions) == 2
     attribution = json.loads(next((out / "attributions").glob("*.json")).read_text())
     assert attribution["layer"] == "features.denseblock4"
+    verified = json.loads((out / "verify" / "verify.json").read_text())
+    assert verified["images"] == 32 and verified["localisation"]["concept_sets"] == ["phantom"]
     html = (out / "report.html").read_text()
     assert "initial (epoch 0)" in html and "trained (epoch 001)" in html
+    assert 'id="faithfulness"' in html and "deletion and insertion curves" in html
     # A rerun replaces the earlier quickstart only when asked to.
     with pytest.raises(UsageError, match="already holds a quickstart; replace it with --overwrite"):
         run_quickstart(settings)

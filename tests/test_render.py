@@ -237,3 +237,17 @@ def test_unit_titles():
     assert unit_title(unlabelled) == f"unit 4: unlabelled (IoU{NBSP}0.020)\n-1.0% of total contribution"
     none = {"unit": 4, "share": 0.0, "dissected": True, "labelled": False, "iou": None}
     assert unit_title(none) == "unit 4: unlabelled\n0.0% of total contribution"
+
+
+def test_the_top_labelled_unit_gets_a_panel_when_it_ranks_below_the_top_units():
+    top = [{"unit": 2, "share": 0.6, "dissected": True, "labelled": False, "iou": 0.01,
+            "best_concept": "Left Lung", "map": [[1.0]]}]
+    labelled = {"unit": 0, "rank": 3, "share": 0.1, "dissected": True, "labelled": True,
+                "concept": "Consolidation", "iou": 0.1, "map": [[0.5]]}
+    maps, titles = render.figure_panels({"top_k": top, "top_labelled": labelled})
+    assert [m.tolist() for m in maps] == [[[1.0]], [[0.5]]]
+    assert titles[1] == ("top labelled, rank 3\nunit 0: Consolidation (IoU\u00a00.100)\n"
+                         "10.0% of total contribution")
+    # Among the top units already, or absent: no extra panel.
+    assert len(render.figure_panels({"top_k": top, "top_labelled": {**labelled, "unit": 2}})[0]) == 1
+    assert len(render.figure_panels({"top_k": top, "top_labelled": None})[0]) == 1

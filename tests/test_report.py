@@ -15,6 +15,7 @@ from PIL import Image
 from cxrsem.errors import DataError, UsageError
 from cxrsem.reporting import ReportResult, SummaryRow, build_report, parse_labels
 from cxrsem.reporting.aggregate import (
+    attribution_top_labelled,
     count_at,
     detector_counts,
     evolution_series,
@@ -182,6 +183,26 @@ def test_top_contributor_table_relabels_at_the_report_threshold(tmp_path):
     # At 0.06 Nodule is unlabelled: its image's top unit no longer names a concept.
     rows = {r.concept: r for r in top_contributor_table(group, 0.06)}
     assert "Nodule" not in rows and rows["unlabelled"].top_unit_images == 2
+    # The highest-ranked labelled unit: a -> unit 0, b -> unit 1 (Nodule), c -> unit 0 at rank 2
+    # (its top unit 2 is no detector).  At 0.06, b's Nodule unit is unlabelled: unit 0, rank 2.
+    assert [(u.unit, u.rank, u.concept) for u in attribution_top_labelled(group, 0.04)] == [
+        (0, 1, "Consolidation"), (1, 1, "Nodule"), (0, 2, "Consolidation")]
+    assert rows["Consolidation"].top_labelled_images == 3 and rows["Consolidation"].top_unit_images == 1
+    c = attribution_top_labelled(group, 0.04)[2]
+    assert c.share == pytest.approx(0.9 / 1.9) and c.contribution == pytest.approx(0.9)
+
+
+def test_the_top_labelled_unit_is_shown_below_the_top_units(tmp_path):
+    doc = dissection_doc([("Consolidation", 0.10), ("Nodule", 0.05), ("Left Lung", 0.01), ("Mass", 0.0)])
+    write_dissection(tmp_path / "dis", "epoch-004", doc)
+    attr = tmp_path / "attr"
+    # One top unit shown (unit 2, unlabelled); the labelled unit 0 ranks 3rd after unit 3.
+    write_attribution(attr, attribution_doc(doc, "/x/a.png", [2], contributions=[0.05, 0, 0, 0.2]))
+    result = build_report([tmp_path / "dis"], attributions=[attr], out=tmp_path / "r.html")
+    page = result.out.read_text()
+    assert "3 (top labelled)" in page and "top labelled unit in images" in page
+    md = build_report([tmp_path / "dis"], attributions=[attr], out=tmp_path / "r.md", fmt="md")
+    assert "| 3 (top labelled) | 0 |" in md.out.read_text()
 
 
 # -- bad input: warnings, and the report is still written ---------------------------------------------

@@ -178,3 +178,28 @@ def test_split_leaves_the_model_unchanged():
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
     torch.testing.assert_close(model(x), reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", ["fx", "hook"])
+def test_head_once_reuses_a_batch_and_recomputes_on_any_change(path):
+    from cxrsem.engine.split import HeadOnce
+
+    torch.manual_seed(0)
+    model = mini_densenet(seed=0).eval()
+    x = torch.rand(3, 1, 32, 32)
+    split = split_at(model, "features.denseblock4", x[:1], mode=path)
+    once = HeadOnce(split)
+    with torch.no_grad():
+        a, _ = once.head(x)
+        again, _ = once.head(x[0:128])  # a method's chunk of the same batch: the same view
+        assert again is a and once.computed == 1
+        assert torch.equal(a, split.head(x)[0])
+        x.mul_(0.5)                     # the input changed in place: a new pass
+        b, _ = once.head(x)
+        assert once.computed == 2 and torch.allclose(b, split.head(x)[0])
+        b.relu_().mul_(0.0)             # the activations changed (a tail acting in place)
+        c, _ = once.head(x)
+        assert once.computed == 3 and torch.allclose(c, split.head(x)[0]) and c.abs().sum() > 0
+        once.head(x[1:])                # another batch
+        assert once.computed == 4
+    assert once.path == split.path and once.layer == split.layer

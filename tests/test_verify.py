@@ -91,6 +91,11 @@ def test_concept_ablation_equals_zeroing_the_units_with_a_hook(model, dissected)
     assert result.metric == "auroc_mean" and result.metric_value == pytest.approx(base, abs=1e-6)
     for concept in result.concepts:
         assert concept.change.value == pytest.approx(metric(concept.units) - base, abs=1e-6)
+        # The paired difference against random units is the difference of the two estimates.
+        assert concept.excess.value == pytest.approx(concept.change.value - concept.random_change.value,
+                                                     abs=1e-12)
+        assert concept.excess.low <= concept.excess.value <= concept.excess.high
+        assert 0.0 <= concept.excess_p <= 1.0
 
 
 def test_verify_cli_writes_its_record_and_refuses_bad_input(tmp_path, model, capsys):
@@ -146,3 +151,30 @@ def test_undefined_values_are_null_in_the_record():
 
     assert Estimate(float("nan"), 0.1, float("inf")).to_json() == {"value": None, "low": 0.1,
                                                                   "high": None}
+
+
+def test_aopc_comparisons_are_paired_differences_of_the_methods_aopc(model):
+    from cxrsem.attribution.verify import _comparisons, _resamples
+    from cxrsem.statistics.bootstrap import holm
+
+    result = verify(model, "denseblock4", "phantom", dataset_options={"n_val": 12}, device="cpu",
+                    settings=VerifySettings(**SETTINGS))
+    by_pair = {(c.first, c.second): c for c in result.comparisons}
+    assert list(by_pair) == [("ig", "activation"), ("ig", "random"), ("activation", "random")]
+    aopc = {c.method: c.aopc.value for c in result.curves + [result.random]}
+    for (a, b), c in by_pair.items():
+        # The mean of per-image differences is the difference of the means.
+        assert c.difference.value == pytest.approx(aopc[a] - aopc[b], rel=1e-9, abs=1e-12)
+        assert c.difference.low <= c.difference.value <= c.difference.high
+    assert [c.p_adjusted for c in result.comparisons] == pytest.approx(
+        holm([c.p_value for c in result.comparisons]))
+
+    # Against a naive computation: image 0 of one method is larger by 1 than the other's.
+    per_image = {"x": np.array([1.0, 0.0, 0.0, 0.0]), "y": np.zeros(4)}
+    draws = _resamples(4, 400, seed=3)
+    (c,) = _comparisons(per_image, draws, 0.95)
+    boot = np.array([np.mean([1.0 if i == 0 else 0.0 for i in row]) for row in draws])
+    assert c.difference.value == 0.25
+    assert (c.difference.low, c.difference.high) == pytest.approx(
+        tuple(np.percentile(boot, [2.5, 97.5])))
+    assert c.p_value == pytest.approx(min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0))))

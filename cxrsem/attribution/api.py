@@ -35,7 +35,7 @@ from cxrsem.attribution.methods import (
     split_method_name,
     unit_scores,
 )
-from cxrsem.attribution.render import render_figure, unit_title
+from cxrsem.attribution.render import figure_panels, render_figure
 from cxrsem.attribution.results import AttributionResult, AttributionRun
 from cxrsem.attribution.targets import (
     Target,
@@ -256,10 +256,9 @@ def _write(result: AttributionResult, out_dir: Path, render: bool) -> None:
         target = result.data["target"]["name"]
         prediction = result.data["prediction"].get(target)
         shown = f"{prediction:.3f}" if prediction is not None else "n/a"
-        result.png_path = render_figure(
-            out_dir / f"{result.stem}.png", result.input_image,
-            [np.asarray(e["map"]) for e in result.top_k], [unit_title(e) for e in result.top_k],
-            f"{Path(result.image).name}\n{target}: {shown}")
+        maps, titles = figure_panels(result.data)
+        result.png_path = render_figure(out_dir / f"{result.stem}.png", result.input_image, maps,
+                                        titles, f"{Path(result.image).name}\n{target}: {shown}")
         result.data["figure"] = result.png_path.name
     result.json_path = write_json(out_dir / f"{result.stem}.json", result.data)
 

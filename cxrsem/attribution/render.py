@@ -306,3 +306,17 @@ def unit_title(entry: dict[str, Any]) -> str:
     else:
         name = "unlabelled"
     return f"unit {entry['unit']}: {name}\n{share}"
+
+
+def figure_panels(record: dict[str, Any]) -> tuple[list[np.ndarray], list[str]]:
+    """The maps and titles of an attribution record's Fig. 5: its top-k units, then its top
+    labelled unit (``top_labelled``) when that ranks below them, so the figure always shows a
+    unit with a concept when the dissection labels any."""
+    entries = list(record.get("top_k") or [])
+    maps = [np.asarray(e["map"]) for e in entries]
+    titles = [unit_title(e) for e in entries]
+    labelled = record.get("top_labelled")
+    if labelled and all(e["unit"] != labelled["unit"] for e in entries):
+        maps.append(np.asarray(labelled["map"]))
+        titles.append(f"top labelled, rank {labelled['rank']}\n{unit_title(labelled)}")
+    return maps, titles

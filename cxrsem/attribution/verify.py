@@ -37,10 +37,11 @@ from cxrsem.attribution.localisation import localise
 from cxrsem.attribution.methods import complete, unit_scores
 from cxrsem.attribution.targets import default_columns, values_function
 from cxrsem.engine.data import make_loader
+from cxrsem.engine.split import HeadOnce
 from cxrsem.errors import DataError, UsageError
 from cxrsem.formats.dissection import UNLABELLED, Dissection, load_dissection
 from cxrsem.outputs import output_dir, write_json
-from cxrsem.statistics.bootstrap import interval
+from cxrsem.statistics.bootstrap import holm, interval, p_value
 from cxrsem.tasks import predict
 from cxrsem.training.metrics import compute_metrics, primary_metric
 
@@ -101,11 +102,28 @@ class MethodCurves:
 
 
 @dataclass
+class AopcComparison:
+    """Paired comparison of two methods' AOPC on the same images: ``first - second``."""
+
+    first: str
+    second: str
+    difference: Estimate
+    p_value: float           # two-sided paired bootstrap p of "no difference"
+    p_adjusted: float        # Holm over all comparisons of the run
+    resamples: int           # the bootstrap's resamples: a p of 0 means p < 1 / resamples
+
+    def p_text(self, p: float) -> str:
+        return f"p < {1 / self.resamples:.2g}" if p == 0 else f"p = {p:.3g}"
+
+
+@dataclass
 class ConceptAblation:
     concept: str
     units: list[int]
     change: Estimate          # metric(ablated) - metric(all units)
     random_change: Estimate   # the same for as many random units (mean over draws)
+    excess: Estimate | None = None  # change - random_change, paired over the same resamples
+    excess_p: float | None = None   # two-sided bootstrap p of "no excess"
 
 
 @dataclass
@@ -137,6 +155,7 @@ class VerifyResult:
     random: MethodCurves | None = None
     concepts: list[ConceptAblation] = field(default_factory=list)
     localisation: Localisation | None = None
+    comparisons: list[AopcComparison] = field(default_factory=list)
     out: Path | None = None
 
     def sentences(self) -> list[str]:
@@ -149,10 +168,17 @@ class VerifyResult:
                          f"{', '.join(map(str, best.ks))}): " + ", ".join(
                              f"{c.method} {c.aopc}" for c in self.curves) + ref
                          + f"; largest: {best.method}")
+        for c in self.comparisons:
+            verdict = "larger" if c.difference.low > 0 else "smaller" if c.difference.high < 0 else \
+                "not distinguishable"
+            lines.append(f"AOPC {c.first} - {c.second}: {c.difference} ({c.p_text(c.p_value)}, "
+                         f"Holm {c.p_text(c.p_adjusted)}): {c.first} {verdict}")
         for c in self.concepts:
+            excess = (f"; difference {c.excess} (paired, p = {c.excess_p:.3g})"
+                      if c.excess is not None else "")
             lines.append(f"zeroing the {len(c.units)} {c.concept} detector(s) changes "
                          f"{self.metric} by {c.change}; {len(c.units)} random unit(s): "
-                         f"{c.random_change}")
+                         f"{c.random_change}{excess}")
         if self.localisation is not None:
             counted = [m for m in self.localisation.methods if m.images]
             if counted:
@@ -190,6 +216,24 @@ def _curves(name: str, ks: list[int], deletion: np.ndarray, insertion: np.ndarra
     aopc = deletion.mean(axis=1)
     return MethodCurves(name, ks, summarise(deletion), summarise(insertion),
                         _interval(aopc[draws].mean(axis=1), aopc.mean(), confidence))
+
+
+def _comparisons(aopc: Mapping[str, np.ndarray], draws: np.ndarray,
+                 confidence: float) -> list[AopcComparison]:
+    """Every pair of methods, then every method against random units: the per-image AOPC
+    difference, averaged, with a paired percentile bootstrap over the same resampled images and
+    Holm's adjustment over the whole family."""
+    names = [n for n in aopc if n != "random"]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    pairs += [(a, "random") for a in names if "random" in aopc]
+    found = []
+    for a, b in pairs:
+        d = aopc[a] - aopc[b]
+        boot = d[draws].mean(axis=1)
+        found.append((a, b, _interval(boot, d.mean(), confidence), p_value(boot)))
+    adjusted = holm([p for *_rest, p in found]) if found else []
+    return [AopcComparison(a, b, e, p, q, len(draws))
+            for (a, b, e, p), q in zip(found, adjusted, strict=True)]
 
 
 def _metric(kind: str, logits: torch.Tensor, targets: torch.Tensor, names: list[str],
@@ -276,6 +320,8 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
     for name in concept_sets:
         logits_by_condition[name] = []
     emit("phase", name="ablation", total=count)
+    # Every method starts from the head's activations of the same batch: computed once.
+    split = HeadOnce(model.split)
     seen = 0
     for batch in make_loader(data, batch_size=settings.batch_size):
         images_raw = batch["image"][:max(0, count - seen)]
@@ -285,16 +331,16 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
         targets_all.append(batch["targets"][model.kind][:n])
         images = model.spec.prepare(images_raw, device=model.device, dtype=model.dtype)
         with torch.no_grad():
-            activations, extras = model.split.head(images)
+            activations, extras = split.head(images)
         columns = default_columns(model.kind)
         for method in methods:
-            result = complete(method.run(model.split, images, values=values, columns=columns,
+            result = complete(method.run(split, images, values=values, columns=columns,
                                          batch_size=settings.batch_size * 8),
-                              model.split, images, columns, settings.batch_size)
+                              split, images, columns, settings.batch_size)
             scores = unit_scores(result.attributions.detach())
             first = method is methods[0]
             for j in range(n):
-                curve = ablate_image(model.split, activations, extras, j, n, scores[j], values,
+                curve = ablate_image(split, activations, extras, j, n, scores[j], values,
                                      int(result.columns[j]), ablation if first else without_random,
                                      settings.batch_size * 8, seen + j)
                 deletion[method.name].append(curve.deletion)
@@ -372,6 +418,7 @@ def _localisation(model, methods, source, mask_size: int, unit_channel: torch.Te
     mass: dict[str, list[float]] = {m.name: [] for m in methods}
     chosen: dict[str, dict[str, int]] = {m.name: {} for m in methods}
     total = len(source)
+    split = HeadOnce(model.split)  # the methods share each batch's head pass
     emit("phase", name="localisation", total=total)
     for start in range(0, total, settings.batch_size):
         batch = source.batch(list(range(start, min(start + settings.batch_size, total))))
@@ -381,9 +428,9 @@ def _localisation(model, methods, source, mask_size: int, unit_channel: torch.Te
         eligible = labelled[None, :] & present[:, unit_channel.clamp(min=0)]
         images = model.spec.prepare(batch["image"], device=model.device, dtype=model.dtype)
         for method in methods:
-            result = complete(method.run(model.split, images, values=values, columns=columns,
+            result = complete(method.run(split, images, values=values, columns=columns,
                                          batch_size=settings.batch_size * 8),
-                              model.split, images, columns, settings.batch_size)
+                              split, images, columns, settings.batch_size)
             maps = result.attributions.detach().float().cpu()
             scores = unit_scores(maps).double()
             ranked = scores.masked_fill(~eligible, float("-inf"))
@@ -450,6 +497,10 @@ def _summarise(model, settings, ks, deletion, insertion, random_deletion, random
     draws = _resamples(seen, settings.resamples, settings.seed)
     curves = [_curves(name, ks, np.stack(deletion[name]), np.stack(insertion[name]), draws,
                       settings.confidence) for name in deletion]
+    per_image_aopc = {name: np.stack(rows).mean(axis=1) for name, rows in deletion.items()}
+    if settings.random_draws:
+        per_image_aopc["random"] = np.stack(random_deletion).mean(axis=1)
+    comparisons = _comparisons(per_image_aopc, draws, settings.confidence)
     random = (_curves("random", ks, np.stack(random_deletion), np.stack(random_insertion), draws,
                       settings.confidence) if settings.random_draws else None)
     targets = torch.cat(targets_all)
@@ -468,12 +519,15 @@ def _summarise(model, settings, ks, deletion, insertion, random_deletion, random
         boot = _metric_resamples(model.kind, ablated, targets, names, metric, draws) - base_boot
         boot_random = np.mean([_metric_resamples(model.kind, r, targets, names, metric, draws)
                                for r in randoms], axis=0) - base_boot
+        excess = np.asarray(boot) - np.asarray(boot_random)
         concepts.append(ConceptAblation(
             concept, list(members),
             _interval(np.asarray(boot), change, settings.confidence),
-            _interval(np.asarray(boot_random), float(random_change), settings.confidence)))
+            _interval(np.asarray(boot_random), float(random_change), settings.confidence),
+            _interval(excess, change - float(random_change), settings.confidence),
+            p_value(excess)))
     result = VerifyResult(model.path, model.layer, seen, metric, base_value, curves, random,
-                          concepts, localisation)
+                          concepts, localisation, comparisons)
     if out is not None:
         with output_dir(out) as folder:
             result.out = folder
@@ -496,8 +550,13 @@ def _record(result: VerifyResult, settings: VerifySettings) -> dict[str, Any]:
                      "seed": settings.seed},
         "curves": [curves(c) for c in result.curves],
         "random": curves(result.random) if result.random else None,
+        "aopc_comparisons": [{"first": c.first, "second": c.second,
+                              "difference": c.difference.to_json(), "p_value": c.p_value,
+                              "p_adjusted": c.p_adjusted} for c in result.comparisons],
         "concept_ablation": [{"concept": c.concept, "units": c.units, "change": c.change.to_json(),
-                              "random_change": c.random_change.to_json()}
+                              "random_change": c.random_change.to_json(),
+                              "excess": c.excess.to_json() if c.excess else None,
+                              "excess_p": c.excess_p}
                              for c in result.concepts],
         "localisation": _localisation_record(result.localisation),
         "sentences": result.sentences(),
@@ -505,9 +564,13 @@ def _record(result: VerifyResult, settings: VerifySettings) -> dict[str, Any]:
             "deletion": "f(A) - f(A with the method's top-k units zeroed), mean over images",
             "insertion": "f(A with only the top-k units kept) - f(0), mean over images",
             "aopc": "mean of the deletion change over the ks (area over the perturbation curve)",
+            "aopc_comparisons": "per-image AOPC of the first method minus the second's, mean over "
+                                "images; paired percentile bootstrap over the same resampled "
+                                "images; two-sided p; Holm over all pairs",
             "concept_ablation": "metric with the concept's detectors zeroed minus the metric with "
                                 "all units, over the split; random: as many random units, mean "
-                                "over draws; intervals: paired percentile bootstrap over images",
+                                "over draws; excess: the first minus the second; intervals: "
+                                "paired percentile bootstrap over images",
             "localisation": "per image and method, the top-ranked (sum |s_k|) unit the dissection "
                             "labels with a concept present in the image; its map s_k upsampled "
                             "bilinearly to the mask size; images without such a unit do not count",
@@ -531,5 +594,5 @@ def _localisation_record(localisation: Localisation | None) -> dict[str, Any] | 
                         for m in localisation.methods]}
 
 
-__all__ = ["DEFAULT_METHODS", "SCHEMA", "ConceptAblation", "Estimate", "Localisation",
+__all__ = ["DEFAULT_METHODS", "SCHEMA", "AopcComparison", "ConceptAblation", "Estimate", "Localisation",
            "MethodCurves", "MethodLocalisation", "VerifyResult", "VerifySettings", "verify"]

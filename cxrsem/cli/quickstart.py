@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cxrsem.attribution.verify import VerifySettings
 from cxrsem.cli._options import (
     ConfigOption,
     QuietOption,
@@ -20,6 +21,7 @@ from cxrsem.cli._options import (
 from cxrsem.cli._progress import PhaseProgress, TrainingProgress
 from cxrsem.cli.attribute import print_top_labelled
 from cxrsem.cli.dissect import detector_table
+from cxrsem.cli.verify import print_verification
 from cxrsem.formats.dissection import DEFAULT_IOU_THRESHOLD
 from cxrsem.quickstart import QuickstartSettings, run_quickstart
 
@@ -34,7 +36,7 @@ class _QuickstartProgress(TrainingProgress):
     def on_stage(self, name: str, message: str) -> None:
         self.phases.__exit__(None, None, None)
         self.console.rule(f"[bold]{message}")
-        if name in ("dissect", "attribute"):
+        if name in ("dissect", "attribute", "verify"):
             self.phases.__enter__()
 
     def __call__(self, event: str, **info) -> None:
@@ -86,6 +88,8 @@ def quickstart(
                       escape(str(top.get("concept") or "unlabelled")), f"{top['share']:.0%}")
     console.print(table)
     print_top_labelled(console, list(result.attributions))
+    if result.verification is not None:
+        print_verification(console, result.verification, VerifySettings.confidence)
     console.print(f"report: {result.report}", highlight=False, markup=False)
 
 

@@ -18,6 +18,8 @@ _DEFAULT_OUT = Path(library_default(build_report, "out"))
 def report(
     dissect_dirs: list[Path] = typer.Argument(..., help="Dissection output folders."),
     attributions: list[Path] | None = typer.Option(None, "--attributions", help="Attribution folders."),
+    verify: list[Path] | None = typer.Option(None, "--verify", help="Folders of `cxrsem verify --out` "
+                                             "(the Faithfulness section)."),
     label: list[str] | None = typer.Option(None, "--label", metavar="DIR=NAME", help="Model labels."),
     iou_threshold: float = library_option(build_report, "iou_threshold", "Detector IoU threshold."),
     out: Path = typer.Option(_DEFAULT_OUT, "--out", help="Report file."),
@@ -30,7 +32,7 @@ def report(
         out = Path("report.md")
     result = build_report(dissect_dirs, attributions=attributions or (),
                           labels=parse_labels(label or []), iou_threshold=iou_threshold, out=out,
-                          fmt=format)
+                          fmt=format, verify=verify or ())
     err = Console(stderr=True)
     for warning in result.warnings:
         # Text, not a markup string: warnings quote names from files ("[...]" is not rich markup).

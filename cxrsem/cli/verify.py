@@ -81,8 +81,16 @@ def verify_command(
                         data_roots=data_roots(from_file, data_root), settings=settings,
                         device=device, out=out, progress=progress)
     console = Console()
+    print_verification(console, result, settings.confidence)
+    if result.out is not None:
+        console.print(f"results in {result.out}", highlight=False, markup=False)
+
+
+def print_verification(console: Console, result, confidence: float) -> None:
+    """The tables and sentences of a :class:`~cxrsem.attribution.verify.VerifyResult`."""
     table = Table(title=escape(f"{result.model} — {result.layer}: {result.images} images; mean "
-                               f"change of the explained output (95% bootstrap intervals)"))
+                               f"change of the explained output ({100 * confidence:g}% bootstrap "
+                               f"intervals)"))
     table.add_column("method")
     table.add_column("AOPC", justify="right")
     curves = result.curves + ([result.random] if result.random else [])
@@ -94,18 +102,17 @@ def verify_command(
     if result.concepts:
         ablation = Table(title=escape(f"concept ablation: change of {result.metric} "
                                       f"(all units: {result.metric_value:.4g})"))
-        for column in ("concept", "detectors", "zeroing them", "as many random units"):
+        for column in ("concept", "detectors", "zeroing them", "as many random units",
+                       "difference (paired)", "p"):
             ablation.add_column(column, justify="left" if column == "concept" else "right")
         for c in result.concepts:
             ablation.add_row(escape(c.concept), str(len(c.units)), str(c.change),
-                             str(c.random_change))
+                             str(c.random_change), str(c.excess), f"{c.excess_p:.3g}")
         console.print(ablation)
     if result.localisation is not None:
-        console.print(localisation_table(result.localisation, settings.confidence))
+        console.print(localisation_table(result.localisation, confidence))
     for sentence in result.sentences():
         console.print(sentence, highlight=False, markup=False)
-    if result.out is not None:
-        console.print(f"results in {result.out}", highlight=False, markup=False)
 
 
 def localisation_table(localisation, confidence: float) -> Table:

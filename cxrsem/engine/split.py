@@ -39,7 +39,7 @@ from torch import nn
 from cxrsem.engine.layers import forward_hooks
 from cxrsem.errors import UsageError
 
-__all__ = ["Split", "SplitError", "SplitPath", "repeat_rows", "split_at"]
+__all__ = ["HeadOnce", "Split", "SplitError", "SplitPath", "repeat_rows", "split_at"]
 
 SplitPath = Literal["fx", "hook"]
 
@@ -129,6 +129,38 @@ class Split:
             out = self.model(x)
         _check_calls(self.layer, len(calls))
         return out
+
+
+class HeadOnce:
+    """A :class:`Split` whose ``head`` remembers its last batch: several attribution methods run
+    one after another on the same images (``cxrsem verify``) pay for the head once.
+
+    The batch is recognised by its storage, shape, strides, dtype, device and version counter (so
+    an in-place change recomputes); the cached input is held, so its memory cannot be reused by
+    another batch while it is remembered.  A caller (or a tail acting in place) that changed the
+    returned activations also forces a new pass: their version counter is checked.  Everything
+    else is the wrapped split's.
+    """
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+        self._input: torch.Tensor | None = None
+        self._key: tuple[Any, ...] | None = None
+        self._value: tuple[torch.Tensor, tuple[Any, ...]] | None = None
+        self._acts_version = 0
+        self.computed = 0  # head passes actually run
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.split, name)
+
+    def head(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, x._version)
+        if key != self._key or self._value is None or self._value[0]._version != self._acts_version:
+            self._value = self.split.head(x)
+            self._input, self._key = x, key
+            self._acts_version = self._value[0]._version
+            self.computed += 1
+        return self._value
 
 
 def repeat_rows(value: torch.Tensor, index: torch.Tensor,

@@ -32,6 +32,7 @@ from cxrsem.reporting.aggregate import (
     top_contributor_table,
 )
 from cxrsem.reporting.collect import collect, parse_labels
+from cxrsem.reporting.faithfulness import load_verifications
 
 __all__ = [
     "FORMATS",
@@ -72,6 +73,7 @@ class ReportResult:
     warnings: list[str]
     runs: int = 0
     attributions: int = 0
+    verifications: int = 0
     files: list[Path] = field(default_factory=list)  # everything written, the report first
 
     @property
@@ -82,10 +84,12 @@ class ReportResult:
 
 def build_report(dissect_dirs: Sequence[str | Path], attributions: Sequence[str | Path] = (),
                  labels: Mapping[str, str] | None = None, iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-                 out: str | Path = "report.html", fmt: str = "html") -> ReportResult:
+                 out: str | Path = "report.html", fmt: str = "html",
+                 verify: Sequence[str | Path] = ()) -> ReportResult:
     """Write the report of the dissections under ``dissect_dirs`` (the ``cxrsem dissect --out``
     folder, a model folder, a layer folder or a ``dissection.json``) and the attributions in the
-    ``attributions`` folders.
+    ``attributions`` folders, with the faithfulness checks (``cxrsem verify --out``) under
+    ``verify``.
 
     ``labels`` maps a folder (or checkpoint) to the name its models get; ``fmt`` is ``html`` (one
     self-contained file) or ``md`` (Markdown plus PNGs in ``<out stem>_files/``).  Unreadable or
@@ -110,7 +114,9 @@ def build_report(dissect_dirs: Sequence[str | Path], attributions: Sequence[str 
         reasons = "; ".join(collected.warnings) or "nothing found"
         raise DataError(f"no valid dissection results to report: {reasons}")
     data = assemble(collected, threshold, version=__version__)
-    inputs = [str(p) for p in dissect_dirs] + [f"attributions: {p}" for p in attributions]
+    data.faithfulness = load_verifications(verify, data.warnings)
+    inputs = ([str(p) for p in dissect_dirs] + [f"attributions: {p}" for p in attributions]
+              + [f"verify: {p}" for p in verify])
     files: list[Path] = []
     if fmt == "html":
         from cxrsem.reporting.html import render_html
@@ -128,4 +134,5 @@ def build_report(dissect_dirs: Sequence[str | Path], attributions: Sequence[str 
                for m in data.models]
     return ReportResult(out=out, format=fmt, iou_threshold=threshold, summary=summary,
                         warnings=data.warnings, runs=len(data.runs),
-                        attributions=sum(v.total for v in data.attributions), files=files)
+                        attributions=sum(v.total for v in data.attributions),
+                        verifications=len(data.faithfulness), files=files)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cxrsem.formats.dissection import UNLABELLED
 from cxrsem.formats.dissection import is_detector as _is_detector
 from cxrsem.reporting.collect import (
@@ -511,6 +513,54 @@ def attribution_top_units(attribution_set: AttributionSet, threshold: float) -> 
     return rows
 
 
+def attribution_top_labelled(attribution_set: AttributionSet, threshold: float) -> list[TopUnit | None]:
+    """Per attributed image, its highest-ranked unit that is labelled with a concept (the paper:
+    "select the top contributing unit(s) and use their annotations (if it exists)"), or None.
+
+    Named as :func:`unit_names` says: with the report's dissection, every unit's contribution
+    (``units``) is ranked (descending, ties by unit index, as ``cxrsem attribute`` ranks them)
+    and the first detector at ``threshold`` is taken; without it, the record's own
+    ``top_labelled`` (the dissection given to ``cxrsem attribute``)."""
+    names = unit_names(attribution_set, threshold)
+    found: list[TopUnit | None] = []
+    for item in attribution_set.items:
+        found.append(_ranked_labelled(item, names) if attribution_set.dissection is not None
+                     and item.units else _stored_labelled(item))
+    return found
+
+
+def _labelled(name: UnitName | None) -> bool:
+    return name is not None and name.concept not in (None, UNLABELLED)
+
+
+def _ranked_labelled(item, names: Mapping[int, UnitName]) -> TopUnit | None:
+    contributions = np.asarray(item.units, dtype=np.float64)
+    total = float(contributions.sum())
+    for rank, unit in enumerate(np.argsort(-contributions, kind="stable"), start=1):
+        name = names.get(int(unit))
+        if _labelled(name):
+            return TopUnit(rank=rank, unit=int(unit),
+                           share=float(contributions[unit] / total) if total > 0 else 0.0,
+                           contribution=float(contributions[unit]), concept=name.concept,
+                           best_concept=name.best_concept, iou=name.iou)
+    return None
+
+
+def _stored_labelled(item) -> TopUnit | None:
+    entry = item.data.get("top_labelled")
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("unit"), int) \
+            or not isinstance(entry.get("rank"), int) or not entry.get("concept"):
+        return None
+    share, contribution = entry.get("share"), entry.get("contribution")
+    iou = entry.get("iou")
+    return TopUnit(rank=entry["rank"], unit=entry["unit"],
+                   share=float(share) if isinstance(share, int | float) else 0.0,
+                   contribution=float(contribution) if isinstance(contribution, int | float) else None,
+                   concept=str(entry["concept"]),
+                   best_concept=str(entry.get("best_concept") or entry["concept"]),
+                   iou=float(iou) if isinstance(iou, int | float) else None)
+
+
 @dataclass
 class ConceptRow:
     concept: str
@@ -518,6 +568,7 @@ class ConceptRow:
     top_concept_images: int  # images where the concept's units together contribute most
     mean_share: float | None  # mean share of the concept's units in the total contribution
     images: int
+    top_labelled_images: int = 0  # images whose highest-ranked labelled unit detects the concept
 
 
 def top_contributor_table(attribution_set: AttributionSet, threshold: float) -> list[ConceptRow]:
@@ -532,6 +583,8 @@ def top_contributor_table(attribution_set: AttributionSet, threshold: float) -> 
     n = len(attribution_set.items)
     top_unit: Counter[str] = Counter()
     top_concept: Counter[str] = Counter()
+    top_labelled = Counter(u.concept for u in attribution_top_labelled(attribution_set, threshold)
+                           if u is not None)
     shares: dict[str, float] = {}
     summed = attribution_set.dissection is not None
     for item, units in zip(attribution_set.items,
@@ -549,11 +602,13 @@ def top_contributor_table(attribution_set: AttributionSet, threshold: float) -> 
             named = [(v, c) for c, v in totals.items() if c != UNLABELLED]
             if named:
                 top_concept[max(named, key=lambda x: (x[0], x[1]))[1]] += 1
-    concepts = set(top_unit) | set(top_concept) | set(shares)
+    concepts = set(top_unit) | set(top_concept) | set(shares) | set(top_labelled)
     rows = [ConceptRow(c, top_unit.get(c, 0), top_concept.get(c, 0),
-                       shares[c] / n if c in shares and n else None, n) for c in concepts]
+                       shares[c] / n if c in shares and n else None, n, top_labelled.get(c, 0))
+            for c in concepts]
     return sorted(rows, key=lambda r: (r.concept == UNLABELLED, -r.top_unit_images,
-                                       -r.top_concept_images, -(r.mean_share or 0.0), r.concept))
+                                       -r.top_labelled_images, -r.top_concept_images,
+                                       -(r.mean_share or 0.0), r.concept))
 
 
 SETTING_KEYS = (("seg_size", "seg size"), ("quantile", "quantile"), ("iou_threshold", "IoU threshold"))

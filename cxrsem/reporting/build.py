@@ -20,6 +20,7 @@ from cxrsem.reporting.aggregate import (
     NullCount,
     RunSeries,
     TopUnit,
+    attribution_top_labelled,
     attribution_top_units,
     chance_sentence,
     concept_order,
@@ -33,6 +34,7 @@ from cxrsem.reporting.aggregate import (
     top_contributor_table,
 )
 from cxrsem.reporting.collect import AttributionSet, Collected, Dissection
+from cxrsem.reporting.faithfulness import Verification
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UNITS_PER_CONCEPT = 3
@@ -80,6 +82,21 @@ class AttributedImage:
     units: list[TopUnit]
     png: bytes | None
     source: Path | None
+    top_labelled: TopUnit | None = None  # the highest-ranked labelled unit (shown when not in units)
+
+
+def shown_units(image: AttributedImage) -> list[tuple[TopUnit, bool]]:
+    """The rows of an image's unit table: its top units, then its top labelled unit when it ranks
+    below them; each with whether it is the top labelled unit."""
+    first = image.top_labelled
+    rows = [(u, first is not None and u.unit == first.unit) for u in image.units]
+    if first is not None and not any(is_first for _u, is_first in rows):
+        rows.append((first, True))
+    return rows
+
+
+def unit_rank_text(unit: TopUnit, top_labelled: bool) -> str:
+    return f"{unit.rank} (top labelled)" if top_labelled else str(unit.rank)
 
 
 @dataclass
@@ -125,6 +142,7 @@ class ReportData:
     fig_concept_intervals: bytes | None = None  # only with dissect --bootstrap
     fig_evolution: bytes | None = None
     fig_thresholds: bytes | None = None
+    faithfulness: list[Verification] = field(default_factory=list)  # cxrsem verify results
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -525,12 +543,13 @@ def _attribution_view(s: AttributionSet, threshold: float, title: str) -> Attrib
     else:
         naming = "units unnamed: no dissection of this model and layer"
     tops = attribution_top_units(s, threshold)
+    labelled = attribution_top_labelled(s, threshold)
     images = []
-    for item, units in list(zip(s.items, tops, strict=True))[:ATTRIBUTIONS_PER_SET]:
+    for item, units, first_labelled in list(zip(s.items, tops, labelled, strict=True))[:ATTRIBUTIONS_PER_SET]:
         path = item.figure()
         png = read_png(path)
         images.append(AttributedImage(item.image, item.stem, item.target, item.prediction, item.rel_gap,
-                                      units, png, path if png is not None else None))
+                                      units, png, path if png is not None else None, first_labelled))
     named = s.dissection is not None or s.own_labels
     return AttributionView(title=title, folder=s.folder, model_path=s.model_path, layer=s.layer,
                            method=s.method, naming=naming, named=named, images=images, total=len(s.items),

@@ -255,3 +255,39 @@ def threshold_figure(models: Sequence[ModelCounts], threshold: float) -> bytes:
         fig.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     fig.tight_layout()
     return _png(fig)
+
+
+def faithfulness_figure(verification) -> bytes:
+    """Deletion and insertion curves of ``cxrsem verify`` (a
+    :class:`cxrsem.reporting.faithfulness.Verification`): the mean change of the explained output
+    against k per method, with its bootstrap band, and random units (grey, dashed) as the
+    reference.  The k axis is logarithmic: the ks are usually 1, 2, 5, 10, 20."""
+    fig = _figure(9.0, 3.3)
+    axes = fig.subplots(1, 2, sharex=True)
+    curves = list(verification.curves) + ([verification.random] if verification.random else [])
+    for ax, part, title in ((axes[0], "deletion", "deletion: top-k units zeroed"),
+                            (axes[1], "insertion", "insertion: only the top-k units kept")):
+        for i, curve in enumerate(curves):
+            points = [(k, e) for k, e in zip(curve.ks, getattr(curve, part), strict=True)
+                      if e.value is not None]
+            if not points:
+                continue
+            ks = [k for k, _ in points]
+            is_random = verification.random is not None and curve is verification.random
+            style = ({"color": "#7f7f7f", "linestyle": "--"} if is_random
+                     else {"color": f"C{i % 10}", "marker": "o", "markersize": 3.5})
+            ax.plot(ks, [e.value for _, e in points], label=mpl_text(curve.method, 24), linewidth=1.4,
+                    **style)
+            banded = [(k, e) for k, e in points if e.low is not None and e.high is not None]
+            if banded:
+                ax.fill_between([k for k, _ in banded], [e.low for _, e in banded],
+                                [e.high for _, e in banded], color=style["color"], alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("k (units)")
+        ax.set_title(title, fontsize=9)
+        ax.axhline(0, color="#bbbbbb", linewidth=0.8)
+        ax.tick_params(labelsize=8)
+    axes[0].set_ylabel("mean change of the explained output", fontsize=8)
+    axes[1].legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return _png(fig)

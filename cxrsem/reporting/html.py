@@ -10,6 +10,7 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from cxrsem.formats.dissection import UNLABELLED
 from cxrsem.reporting.aggregate import TABLE_THRESHOLDS, NullCount, count_at
 from cxrsem.reporting.build import (
     UNITS_PER_CONCEPT,
@@ -22,8 +23,11 @@ from cxrsem.reporting.build import (
     null_cells,
     null_columns,
     null_legend,
+    shown_units,
+    unit_rank_text,
 )
 from cxrsem.reporting.collect import short_layer
+from cxrsem.reporting.faithfulness import Estimate, Verification, p_text, verdict
 
 
 def e(value: Any) -> str:
@@ -217,16 +221,22 @@ def _attribution_view(view: AttributionView, colors: dict[str, str]) -> str:
              f"layer {e(view.layer)}; method {e(view.method)}; {e(view.naming)}.</p>"]
     if view.table:
         n = view.total
-        rows = [[r.concept, (f"{r.top_unit_images} ({100 * r.top_unit_images / n:.0f}%)", r.top_unit_images),
-                 (f"{r.top_concept_images} ({100 * r.top_concept_images / n:.0f}%)", r.top_concept_images)
-                 if r.mean_share is not None else ("–", -1),
+        def count(k: int) -> tuple[str, int]:
+            return f"{k} ({100 * k / n:.0f}%)", k
+
+        rows = [[r.concept, count(r.top_unit_images),
+                 count(r.top_labelled_images) if r.concept != UNLABELLED else ("–", -1),
+                 count(r.top_concept_images) if r.mean_share is not None else ("–", -1),
                  (f"{100 * r.mean_share:.1f}%", r.mean_share) if r.mean_share is not None else ("–", -1)]
                 for r in view.table]
         parts.append("<p>Which concept most often drives the prediction: images whose top contributing "
-                     "unit detects the concept, images where the concept's units together contribute "
-                     "most, and the concept's mean share of the total contribution.</p>")
-        parts.append(table(["concept", "top unit in images", "top concept in images", "mean share"], rows,
-                           numeric=[False, True, True, True]))
+                     "unit detects the concept, images whose highest-ranked <em>labelled</em> unit "
+                     "detects it (the paper: \u201cselect the top contributing unit(s) and use their "
+                     "annotations (if it exists)\u201d), images where the concept's units together "
+                     "contribute most, and the concept's mean share of the total contribution.</p>")
+        parts.append(table(["concept", "top unit in images", "top labelled unit in images",
+                            "top concept in images", "mean share"], rows,
+                           numeric=[False, True, True, True, True]))
     parts.append('<div class="attributions">')
     for image in view.images:
         pred = f"{image.target} = {image.prediction:.3f}" if image.prediction is not None else image.target
@@ -236,8 +246,8 @@ def _attribution_view(view: AttributionView, colors: dict[str, str]) -> str:
                         else "") + "</p>")
         if image.png is not None:
             parts.append(f"<figure>{img(image.png, f'attribution of {image.stem}')}</figure>")
-        rows = [[u.rank, u.unit, concept_text(u.concept, u.best_concept, u.iou),
-                 (f"{100 * u.share:.1f}%", u.share)] for u in image.units]
+        rows = [[unit_rank_text(u, first), u.unit, concept_text(u.concept, u.best_concept, u.iou),
+                 (f"{100 * u.share:.1f}%", u.share)] for u, first in shown_units(image)]
         parts.append(table(["rank", "unit", "concept", "share"], rows, sortable=False,
                            numeric=[True, True, False, True], cls="compact"))
         parts.append("</article>")
@@ -245,6 +255,75 @@ def _attribution_view(view: AttributionView, colors: dict[str, str]) -> str:
     if view.total > len(view.images):
         parts.append(f"<p class=\"meta\">{view.total - len(view.images)} more image(s) not shown; the table "
                      f"above counts all {view.total}.</p>")
+    return "".join(parts)
+
+
+def _estimate_cell(estimate: Estimate | None) -> tuple[str, float] | str:
+    if estimate is None or estimate.value is None:
+        return "–"
+    return estimate.text(), estimate.value
+
+
+def _verification(v: Verification) -> str:
+    level = f"{100 * v.confidence:g}%" if v.confidence else "95%"
+    parts = [f"<h3>{e(v.title)}</h3>",
+             f"<p class=\"meta\">{e(v.images)} {e(v.split)} image(s); {e(v.path)}; intervals: {level} "
+             f"percentile bootstrap over the images ({e(v.resamples or '?')} resamples).</p>"]
+    if v.figure is not None:
+        parts.append(f"<figure>{img(v.figure, f'deletion and insertion curves of {v.title}')}"
+                     "<figcaption>Mean change of the explained output when each method's top-k units "
+                     "are zeroed (deletion) or alone kept (insertion); grey dashed: as many random "
+                     "units.</figcaption></figure>")
+    random = {c.first: c for c in v.comparisons if c.second == "random"}
+    rows = []
+    for curve in v.curves + ([v.random] if v.random else []):
+        versus = random.get(curve.method)
+        rows.append([curve.method, _estimate_cell(curve.aopc),
+                     _estimate_cell(versus.difference) if versus else "–",
+                     p_text(versus.p_adjusted, v.resamples) if versus else "–"])
+    parts.append("<p>AOPC: the mean drop of the explained output over the ks when the method's top-k "
+                 "units are zeroed (area over the perturbation curve); larger means the units it "
+                 "names matter more.</p>")
+    parts.append(table(["method", "AOPC", "minus random units (paired)", "p (Holm)"], rows,
+                       numeric=[False, True, True, True]))
+    pairs = [c for c in v.comparisons if c.second != "random"]
+    if pairs:
+        parts.append(table(["first", "second", "AOPC first − second (paired)", "p", "p (Holm)", "verdict"],
+                           [[c.first, c.second, _estimate_cell(c.difference), p_text(c.p_value, v.resamples),
+                             p_text(c.p_adjusted, v.resamples), f"{c.first} {verdict(c.difference)}"]
+                            for c in pairs], numeric=[False, False, True, True, True, False]))
+    if v.concepts:
+        base = f" (all units: {v.metric_value:.4g})" if v.metric_value is not None else ""
+        parts.append(f"<p>Concept ablation: the change of {e(v.metric)}{e(base)} over the split when "
+                     "the dissection's detectors of a concept are zeroed, against as many random units "
+                     "of the layer (mean over draws); paired bootstrap over the images.</p>")
+        parts.append(table(["concept", "detectors", "zeroing them", "as many random units",
+                            "difference (paired)", "p"],
+                           [[c.concept, c.units, _estimate_cell(c.change), _estimate_cell(c.random_change),
+                             _estimate_cell(c.excess), p_text(c.excess_p, v.resamples)]
+                            for c in v.concepts], numeric=[False, True, True, True, True, True]))
+    if v.localisation:
+        parts.append(f"<p>Localisation: per image, the top-ranked labelled unit whose concept is "
+                     f"present; its map upsampled to the mask ({e(v.localisation_images)} images of "
+                     f"{e(', '.join(v.localisation_sets))}).</p>")
+        parts.append(table(["method", "images counted", "pointing game", "relevance mass"],
+                           [[m.method, m.images, _estimate_cell(m.pointing_game),
+                             _estimate_cell(m.relevance_mass)] for m in v.localisation],
+                           numeric=[False, True, True, True]))
+    if v.sentences:
+        parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in v.sentences) + "</ul>")
+    return "".join(parts)
+
+
+def _section_faithfulness(data: ReportData) -> str:
+    parts = ['<section id="faithfulness"><h2>5. Faithfulness <small>(do the named units matter?)</small>'
+             "</h2>"]
+    if not data.faithfulness:
+        parts.append("<p>No faithfulness checks were given (<code>--verify VERIFY_DIR</code>, written by "
+                     "<code>cxrsem verify --out</code>).</p></section>")
+        return "".join(parts)
+    parts.extend(_verification(v) for v in data.faithfulness)
+    parts.append("</section>")
     return "".join(parts)
 
 
@@ -284,7 +363,7 @@ def _card(card: ModelCard) -> str:
 
 
 def _section_cards(data: ReportData) -> str:
-    parts = ['<section id="models"><h2>5. Model cards</h2>',
+    parts = ['<section id="models"><h2>6. Model cards</h2>',
              f"<p>Training configuration, validation metrics and dissection settings of each model. "
              f"Report written by cxrsem {e(data.version)}.</p>"]
     if not data.cards:
@@ -295,7 +374,7 @@ def _section_cards(data: ReportData) -> str:
 
 
 def _section_thresholds(data: ReportData) -> str:
-    parts = ['<section id="thresholds"><h2>6. Sensitivity to the IoU threshold</h2>',
+    parts = ['<section id="thresholds"><h2>7. Sensitivity to the IoU threshold</h2>',
              "<p>The number of detectors depends on the IoU threshold (paper Sec. 2.2); what matters is "
              "how models compare. If the ranking of models holds across thresholds, a comparison is not "
              f"an artefact of the chosen {e(f'{data.threshold:g}')}.</p>"]
@@ -426,14 +505,16 @@ def render_html(data: ReportData, inputs: Sequence[str] = ()) -> str:
     nav = ('<nav aria-label="sections"><ol>'
            '<li><a href="#detectors">1. Detectors per model</a></li><li><a href="#evolution">2. Evolution</a>'
            '</li><li><a href="#units">3. Unit gallery</a></li><li><a href="#attributions">4. Attributions</a>'
-           '</li><li><a href="#models">5. Model cards</a></li><li><a href="#thresholds">6. IoU threshold</a>'
+           '</li><li><a href="#faithfulness">5. Faithfulness</a></li><li><a href="#models">6. Model cards</a>'
+           '</li><li><a href="#thresholds">7. IoU threshold</a>'
            '</li>'
            "</ol></nav>")
     inputs_html = "".join(f"<li>{e(p)}</li>" for p in inputs)
     body = "".join([
         "<header><h1>Semantic interpretation report</h1>", f'<p class="meta">{meta}</p>', nav, "</header>",
         _warnings(data), _section_detectors(data), _section_evolution(data), _section_gallery(data),
-        _section_attributions(data), _section_cards(data), _section_thresholds(data),
+        _section_attributions(data), _section_faithfulness(data), _section_cards(data),
+        _section_thresholds(data),
         "<footer><p>Method: Khakzar et al., “Towards Semantic Interpretation of Thoracic Disease and "
         "COVID-19 Diagnosis Models”, MICCAI 2021. Inputs:</p>", f"<ul>{inputs_html}</ul></footer>",
     ])

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cxrsem.formats.dissection import UNLABELLED
 from cxrsem.outputs import write_bytes
 from cxrsem.reporting.aggregate import TABLE_THRESHOLDS, NullCount, count_at
 from cxrsem.reporting.build import (
@@ -18,8 +19,11 @@ from cxrsem.reporting.build import (
     null_cells,
     null_columns,
     null_legend,
+    shown_units,
+    unit_rank_text,
 )
 from cxrsem.reporting.collect import short_layer
+from cxrsem.reporting.faithfulness import p_text, verdict
 
 # Emphasis, code, links/images (no "[" means no link, so parentheses may stay), table cells.
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
@@ -137,9 +141,12 @@ def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> 
         lines += [f"### {md(view.title)}", "", f"{view.total} image(s) in {md(view.folder)}; "
                   f"method {md(view.method)}; {md(view.naming)}.", ""]
         if view.table:
-            rows = [[r.concept, r.top_unit_images, r.top_concept_images if r.mean_share is not None else "–",
+            rows = [[r.concept, r.top_unit_images,
+                     r.top_labelled_images if r.concept != UNLABELLED else "–",
+                     r.top_concept_images if r.mean_share is not None else "–",
                      f"{100 * r.mean_share:.1f}%" if r.mean_share is not None else "–"] for r in view.table]
-            headers = ["concept", "top unit in images", "top concept in images", "mean share"]
+            headers = ["concept", "top unit in images", "top labelled unit in images",
+                       "top concept in images", "mean share"]
             lines += [md_table(headers, rows), ""]
         for image in view.images:
             lines += [f"**{md(image.stem)}** — {md(image.target)}"
@@ -147,11 +154,44 @@ def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> 
             if image.png is not None:
                 lines += [figs.add(f"attributions/{j:02d}-{_safe(image.stem)}.png", image.png,
                                    f"attribution of {image.stem}"), ""]
-            rows = [[u.rank, u.unit, concept_text(u.concept, u.best_concept, u.iou), f"{100 * u.share:.1f}%"]
-                    for u in image.units]
+            rows = [[unit_rank_text(u, first), u.unit, concept_text(u.concept, u.best_concept, u.iou),
+                     f"{100 * u.share:.1f}%"] for u, first in shown_units(image)]
             lines += [md_table(["rank", "unit", "concept", "share"], rows), ""]
 
-    lines += ["## 5. Model cards", ""]
+    lines += ["## 5. Faithfulness (do the named units matter?)", ""]
+    if not data.faithfulness:
+        lines += ["No faithfulness checks were given (`--verify VERIFY_DIR`).", ""]
+    for j, v in enumerate(data.faithfulness):
+        lines += [f"### {md(v.title)}", "", f"{v.images} {md(v.split)} image(s); {md(v.path)}.", ""]
+        if v.figure is not None:
+            lines += [figs.add(f"faithfulness/{j:02d}-curves.png", v.figure,
+                               f"deletion and insertion curves of {v.title}"), ""]
+        random = {c.first: c for c in v.comparisons if c.second == "random"}
+        rows = [[c.method, c.aopc.text(),
+                 random[c.method].difference.text() if c.method in random else "–",
+                 p_text(random[c.method].p_adjusted, v.resamples) if c.method in random else "–"]
+                for c in v.curves + ([v.random] if v.random else [])]
+        lines += [md_table(["method", "AOPC", "minus random units (paired)", "p (Holm)"], rows), ""]
+        pairs = [c for c in v.comparisons if c.second != "random"]
+        if pairs:
+            lines += [md_table(["first", "second", "AOPC first - second (paired)", "p (Holm)", "verdict"],
+                               [[c.first, c.second, c.difference.text(), p_text(c.p_adjusted, v.resamples),
+                                 f"{c.first} {verdict(c.difference)}"] for c in pairs]), ""]
+        if v.concepts:
+            lines += [f"Concept ablation: change of {md(v.metric)} over the split.", "",
+                      md_table(["concept", "detectors", "zeroing them", "as many random units",
+                                "difference (paired)", "p"],
+                               [[c.concept, c.units, c.change.text(), c.random_change.text(),
+                                 c.excess.text() if c.excess else "–", p_text(c.excess_p, v.resamples)]
+                                for c in v.concepts]), ""]
+        if v.localisation:
+            lines += [md_table(["method", "images counted", "pointing game", "relevance mass"],
+                               [[m.method, m.images, m.pointing_game.text() if m.pointing_game else "–",
+                                 m.relevance_mass.text() if m.relevance_mass else "–"]
+                                for m in v.localisation]), ""]
+        lines += [f"- {md(x)}" for x in v.sentences] + [""]
+
+    lines += ["## 6. Model cards", ""]
     for card in data.cards:
         lines += [f"### {md(card.name)}", ""]
         for title, rows in card.sections:
@@ -163,7 +203,7 @@ def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> 
             listed = ", ".join(f"{c} ({'–' if n is None else n})" for c, n in concepts)
             lines += [f"**Concept data, {md(name)}**: {md(listed)}", ""]
 
-    lines += ["## 6. Sensitivity to the IoU threshold", ""]
+    lines += ["## 7. Sensitivity to the IoU threshold", ""]
     if data.fig_thresholds:
         lines += [figs.add("thresholds.png", data.fig_thresholds, "Detectors against IoU threshold"), ""]
     if data.models:
