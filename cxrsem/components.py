@@ -130,10 +130,14 @@ class ArchitectureInfo(_Component):
     ``[B, in_channels, S, S]`` to ``[B, num_outputs]``.  ``load_imagenet(model, path)`` (optional)
     loads ImageNet weights from a local file into such a model; ``imagenet_filename`` names the file
     torchvision would cache, so cxrsem can look for it without touching the network.
+    ``default_layer`` (a full module path) is the layer used when a command is given none.
     """
 
     load_imagenet: Callable[[Any, Any], None] | None = None
     imagenet_filename: str | None = None
+    # The layer a dissection or attribution reads when none is named (``--layer`` omitted): the
+    # paper's last dense block for DenseNets, the last block for ResNets and ViTs.
+    default_layer: str | None = None
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,7 @@ def register_architectures(register) -> None:
         description="torchvision DenseNet121, the network of the paper (7.0M parameters).",
         load_imagenet=load_densenet121_imagenet,
         imagenet_filename=DENSENET121_IMAGENET_FILE,
+        default_layer="features.denseblock4",
     ))
     register(ArchitectureInfo(
         name="densenet-mini",
@@ -237,4 +238,5 @@ def register_architectures(register) -> None:
             Option("stem_pool", bool, False, "keep the stem max-pool (denseblock4 at 1/32, not 1/16)"),
         ),
         description="A ~51k-parameter DenseNet with DenseNet121's layer names, for CPU training.",
+        default_layer="features.denseblock4",
     ))

@@ -20,12 +20,14 @@ def register_architectures(register) -> None:
         factory=build_densenet121,
         description="TorchXRayVision's DenseNet-121 (xrv.models.DenseNet), logits out; layers "
                     "features.denseblock1..4, features.norm5",
+        default_layer="features.denseblock4",
     ))
     register(ArchitectureInfo(
         name="xrv-resnet50",
         factory=build_resnet50,
         description="the torchvision ResNet-50 with a one-channel stem inside xrv.models.ResNet, "
                     "logits out; layers layer1..4",
+        default_layer="layer4",
     ))
 
 
