@@ -53,6 +53,7 @@ def __getattr__(name: str):
         "VerifySettings": ("cxrsem.attribution.verify", "VerifySettings"),
         "prepare_images": ("cxrsem.prepare", "prepare_images"),
         "load_model": ("cxrsem.checkpoint", "load_model"),
+        "module_checkpoint": ("cxrsem.modules", "module_checkpoint"),
     }
     if name in lazy:
         import importlib
@@ -79,6 +80,7 @@ __all__ = [
     "train",
     "TrainConfig",
     "dissect",
+    "module_checkpoint",
     "DissectSettings",
     "attribute",
     "build_report",

@@ -16,6 +16,7 @@ atomically, so a kill mid-write never leaves a corrupt file behind.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import pickle
@@ -247,7 +248,13 @@ def create_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint
 
 
 def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> nn.Module:
-    """Instantiate the checkpoint's architecture and load its weights (strictly), in eval mode."""
+    """Instantiate the checkpoint's architecture and load its weights (strictly), in eval mode.
+
+    An in-memory checkpoint (:func:`cxrsem.modules.module_checkpoint`) gives a deep copy of its
+    module: what cxrsem does to the model (device, dtype, eval mode) never touches the user's."""
+    module = checkpoint.get("module")
+    if isinstance(module, nn.Module):
+        return copy.deepcopy(module).eval()
     arch = checkpoint["arch"]
     model = create_model(checkpoint, source)
     try:

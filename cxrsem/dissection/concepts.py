@@ -159,22 +159,41 @@ def _from_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: int, seed: int,
+def build_concept_source(names: Sequence[Any], *, image_size: int, mask_size: int, seed: int,
                          options: Mapping[str, Mapping[str, Any]] | None = None,
                          data_roots: Mapping[str, str] | None = None,
                          concept_map: Mapping[str, str] | None = None,
-                         limit: int = 0, cache_dir: str | None = None) -> ConceptSource:
+                         limit: int = 0, cache_dir: str | None = None,
+                         concept_names: Sequence[str] | None = None) -> ConceptSource:
     """Create every named concept set and lay their concepts out as channels.
 
+    ``names`` may also hold the user's own concept data (a concept-set object or a dataset of
+    ``(image, masks)`` with ``concept_names``: :mod:`cxrsem.dissection.custom_concepts`).
     ``concept_map`` maps qualified names (``nih-bbox/Consolidation``) to a shared channel name.
     """
-    options = options or {}
-    unknown = set(options) - set(names)
+    from cxrsem.dissection.custom_concepts import as_concept_set
+
+    options = dict(options or {})
+    registered = [n for n in names if isinstance(n, str)]
+    unknown = set(options) - set(registered)
     if unknown:
         raise DataError(f"options given for concept sets not being dissected: {', '.join(sorted(unknown))}")
     sets = []
     annotations = []
-    for name in dict.fromkeys(names):
+    for index, entry in enumerate(dict.fromkeys(names) if all(isinstance(n, str) for n in names)
+                                  else names):
+        if not isinstance(entry, str):
+            ds = as_concept_set(entry, index, image_size=image_size, mask_size=mask_size,
+                                concept_names=concept_names)
+            name, n = ds.name, 1
+            while name in {other for other, _ in sets} | set(registered):
+                n += 1
+                name = f"{ds.name}-{n}"
+            options[name] = {"in_memory": ds.token}
+            sets.append((name, ds))
+            annotations.append(ds.annotation)
+            continue
+        name = entry
         ds = create_concept_set(name, image_size=image_size, mask_size=mask_size, seed=seed,
                                 data_roots=data_roots, cache_dir=cache_dir,
                                 **dict(options.get(name, {})))
@@ -201,5 +220,5 @@ def build_concept_source(names: Sequence[str], *, image_size: int, mask_size: in
     source = ConceptSource(sets, concepts, channel_maps, image_size, mask_size, limit, seed,
                            {name: dict(opts) for name, opts in options.items()}, annotations)
     if len(source) == 0:
-        raise DataError(f"the concept set(s) {', '.join(names)} hold no images")
+        raise DataError(f"the concept set(s) {', '.join(n for n, _ in sets)} hold no images")
     return source

@@ -13,7 +13,9 @@ warning, and a model whose layer gives non-finite activations is refused.
 
 from __future__ import annotations
 
+import copy
 import glob
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -502,16 +504,29 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
 def random_init_checkpoint(checkpoint: Mapping[str, Any], seed: int) -> dict[str, Any]:
     """The checkpoint with freshly initialised weights of its own architecture and input spec
     (seeded; the global RNG is left as it was)."""
+    from cxrsem.modules import is_in_memory
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = create_model(checkpoint, source=f"random-init of {checkpoint['arch']['name']}")
+        if is_in_memory(checkpoint):
+            # No architecture to rebuild: a copy of the module, every submodule re-initialised
+            # by its own reset_parameters (parameters held outside one, such as a ViT's class
+            # token, keep their values).
+            model = copy.deepcopy(checkpoint["module"])
+            for module in model.modules():
+                if callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+        else:
+            model = create_model(checkpoint, source=f"random-init of {checkpoint['arch']['name']}")
     train = dict(checkpoint.get("train") or {})
     train.update(init=f"random (seed {seed})", epoch=0)
-    return {**checkpoint, "state_dict": model.state_dict(), "train": train}
+    extra = {"module": model} if is_in_memory(checkpoint) else {}
+    return {**checkpoint, "state_dict": model.state_dict(), "train": train, **extra}
 
 
 def _random_init_nulls(result: ModelDissection, model_path: Path, source_for, settings: DissectSettings,
-                       device: torch.device, cache_root: Path, progress: Progress) -> None:
+                       device: torch.device, cache_root: Path, progress: Progress,
+                       run_files: bool = True) -> None:
     """The random-network control: ``settings.null_random_init`` freshly initialised models of
     the checkpoint's architecture (and ``epoch-000.pt`` of its run, when there is one), dissected
     with the same settings and images; their detector counts go into each layer's ``nulls``."""
@@ -531,7 +546,7 @@ def _random_init_nulls(result: ModelDissection, model_path: Path, source_for, se
             draws[layer.layer].append(_detector_counts(layer, plain))
     initial = model_path.parent / "epoch-000.pt"
     initial_counts: dict[str, np.ndarray] = {}
-    if initial.is_file() and initial.resolve() != Path(model_path).resolve():
+    if run_files and initial.is_file() and initial.resolve() != Path(model_path).resolve():
         progress("note", message=f"random-init null: the run's {initial}")
         with ExitStack() as locks:
             control = dissect_model(initial, layers, source_for, plain, device, cache_root,
@@ -574,16 +589,27 @@ def settings_seed(result: ModelDissection, offset: int) -> int:
     return int(result.source.seed) * 1_000 + offset
 
 
-def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | Path,
-            concepts: Sequence[str] = ("phantom",),
+def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom",), *,
+            out: str | Path | None = None, concept_names: Sequence[str] | None = None,
+            image_size: int | None = None, channels: int | None = None,
+            normalization: str | Mapping[str, Any] | None = None,
+            outputs: Sequence[str] | None = None, task: str | None = None,
             concept_options: Mapping[str, Mapping[str, Any]] | None = None,
             concept_map: Mapping[str, str] | None = None,
             data_roots: Mapping[str, str] | None = None, settings: DissectSettings | None = None,
             device: str = "auto", seed: int = 0, figures: bool = True,
             image_cache: str | None = None,
             progress: Progress | None = None) -> list[ModelDissection]:
-    """Dissect each checkpoint in ``models`` at ``layers`` against ``concepts``; write results.
+    """Dissect each model in ``models`` at ``layers`` against ``concepts``; write results.
 
+    ``models``: one model or a sequence of them -- checkpoint paths or globs, ``SOURCE:SPEC``
+    names, checkpoint dicts, or ``nn.Module`` objects with their input spec (``image_size``
+    required; ``channels``, ``normalization``, ``outputs``, ``task``:
+    :func:`cxrsem.modules.module_checkpoint`).  ``layers``: a layer name or a sequence.
+    ``concepts``: registered concept-set names, concept-set objects, or datasets of ``(image,
+    masks)`` with ``concept_names`` (:mod:`.custom_concepts`).  One model gives one
+    :class:`ModelDissection`, a sequence a list.  ``out=None`` writes nothing: the work happens in
+    a temporary folder that is removed (no figures, no activation cache kept).
     ``image_cache``: where ``cxrsem prepare`` stored resized images (None = the default cache,
     ``"off"`` = decode every image).
 
@@ -598,16 +624,52 @@ def dissect(models: Sequence[str | Path], layers: Sequence[str], *, out: str | P
     settings = settings or DissectSettings()
     settings.validate()
     progress = progress or (lambda event, **info: None)
+    layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
         raise UsageError("give at least one --layer")
-    model_paths = expand_models(models)
-    with output_dir(out) as out:
-        return _dissect_all(model_paths, layers, out, concepts, concept_options, concept_map,
-                            data_roots, settings, device, seed, figures, image_cache, progress)
+    single = isinstance(models, (str, Path, Mapping, torch.nn.Module))
+    concepts = [concepts] if isinstance(concepts, str) or not isinstance(concepts, Sequence) \
+        else list(concepts)
+    spec = {"image_size": image_size, "channels": channels, "normalization": normalization,
+            "outputs": outputs, "task": task}
+    model_paths, loaded = model_entries([models] if single else list(models), spec)
+    args = (layers, concepts, concept_options, concept_map, data_roots, settings, device, seed,
+            image_cache, progress, loaded, concept_names)
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="cxrsem-dissect-") as scratch:
+            results = _dissect_all(model_paths, Path(scratch), *args, figures=False)
+    else:
+        with output_dir(out) as folder:
+            results = _dissect_all(model_paths, folder, *args, figures=figures)
+    return results[0] if single else results
 
 
-def _dissect_all(model_paths, layers, out, concepts, concept_options, concept_map, data_roots,
-                 settings, device, seed, figures, image_cache, progress) -> list[ModelDissection]:
+def model_entries(models: Sequence[Any], spec: Mapping[str, Any]
+                  ) -> tuple[list[Path], dict[Path, dict[str, Any]]]:
+    """The models to dissect: paths (globs expanded) and, for models given as objects (checkpoint
+    dicts, ``nn.Module`` with ``spec``), a name each and their checkpoint dicts."""
+    from cxrsem.modules import as_checkpoint
+
+    paths: list[Path] = []
+    loaded: dict[Path, dict[str, Any]] = {}
+    for item in models:
+        if isinstance(item, (Mapping, torch.nn.Module)):
+            checkpoint = dict(as_checkpoint(item, **spec))
+            base = str(checkpoint.get("path") or "model")
+            name, n = Path(base), 1
+            while name in paths:
+                n += 1
+                name = Path(f"{base}-{n}")
+            loaded[name] = checkpoint
+            paths.append(name)
+        else:
+            paths.extend(p for p in expand_models([item]) if p not in paths)
+    return paths, loaded
+
+
+def _dissect_all(model_paths, out, layers, concepts, concept_options, concept_map, data_roots,
+                 settings, device, seed, image_cache, progress, loaded, concept_names, *,
+                 figures) -> list[ModelDissection]:
     resolved_device = resolve_device(device)
     sources: dict[int, ConceptSource] = {}
 
@@ -616,7 +678,7 @@ def _dissect_all(model_paths, layers, out, concepts, concept_options, concept_ma
             sources[image_size] = build_concept_source(
                 concepts, image_size=image_size, mask_size=settings.seg_size, seed=seed,
                 options=concept_options, data_roots=data_roots, concept_map=concept_map,
-                limit=settings.limit, cache_dir=image_cache)
+                limit=settings.limit, cache_dir=image_cache, concept_names=concept_names)
         return sources[image_size]
 
     results = []
@@ -632,10 +694,11 @@ def _dissect_all(model_paths, layers, out, concepts, concept_options, concept_ma
                     recover_staged(layer_folder(model_dir, name))
 
             result = dissect_model(model_path, layers, source_for, settings, resolved_device,
-                                   out / ".cache", progress, locks=locks, lock_layers=lock_layers)
+                                   out / ".cache", progress, locks=locks, lock_layers=lock_layers,
+                                   checkpoint=loaded.get(model_path))
             if settings.null_random_init:
                 _random_init_nulls(result, model_path, source_for, settings, resolved_device,
-                                   out / ".cache", progress)
+                                   out / ".cache", progress, run_files=model_path not in loaded)
             for layer_result in result.layers:
                 if settings.bootstrap and layer_result.image_stats is not None:
                     progress("phase", name=f"bootstrap {layer_result.layer}", total=None)
@@ -644,7 +707,7 @@ def _dissect_all(model_paths, layers, out, concepts, concept_options, concept_ma
                         group_by=settings.group_by, confidence=settings.confidence,
                         threshold=settings.iou_threshold)
                 write_layer_results(model_dir, result, layer_result, settings,
-                                    concepts=concepts, seed=seed, device=str(resolved_device),
-                                    figures=figures)
+                                    concepts=result.source.set_names(), seed=seed,
+                                    device=str(resolved_device), figures=figures)
         results.append(result)
     return results
