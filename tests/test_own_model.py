@@ -141,3 +141,17 @@ def test_normalization_presets():
     assert one["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
     assert parse_normalization("0.5,0.25", 1) == {"mean": [0.5], "std": [0.25]}
     assert parse_normalization("xrv", 1) == {"mean": [0.5], "std": [1 / 2048]}
+
+
+def test_attribute_takes_the_module_itself_with_a_tensor_of_images(tmp_path):
+    from PIL import Image
+
+    net = mini_densenet(seed=4, outputs=3)
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    direct = cxrsem.attribute(images, net, "denseblock4", steps=8, device="cpu")
+    spec = cxrsem.attribute(images, module_checkpoint(net, image_size=32), "denseblock4", steps=8,
+                            device="cpu")
+    assert [a.data["units"] for a in direct] == [a.data["units"] for a in spec]
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "x.png")
+    with pytest.raises(UsageError, match="needs image_size="):  # files: the size is not known
+        cxrsem.attribute([tmp_path / "x.png"], net, "denseblock4")

@@ -203,3 +203,37 @@ def test_head_once_reuses_a_batch_and_recomputes_on_any_change(path):
         once.head(x[1:])                # another batch
         assert once.computed == 4
     assert once.path == split.path and once.layer == split.layer
+
+
+def test_layer_integrated_gradients_reuses_its_split_until_the_model_changes(monkeypatch):
+    from cxrsem.attribution import ig
+
+    calls = []
+    real = ig.split_at
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ig, "split_at", counting)
+    model = mini_densenet(seed=5).eval()
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    first = layer_integrated_gradients(model, "features.denseblock4", x, 0, steps=4)
+    again = layer_integrated_gradients(model, "features.denseblock4", x, 0, steps=4)
+    assert len(calls) == 1 and torch.equal(first.attributions, again.attributions)
+    # Weights changed in place: the same split sees them (it shares the model's modules).
+    with torch.no_grad():
+        model.classifier.weight.mul_(2.0)
+    doubled = layer_integrated_gradients(model, "features.denseblock4", x, 0, steps=4)
+    assert len(calls) == 1
+    assert torch.allclose(doubled.attributions, 2 * first.attributions, rtol=1e-4, atol=1e-6)
+    # A replaced module, another input shape: split again.
+    model.classifier = nn.Linear(model.classifier.in_features, 3)
+    layer_integrated_gradients(model, "features.denseblock4", x, 0, steps=4)
+    layer_integrated_gradients(model, "features.denseblock4", x[:, :, :16, :16], 0, steps=4)
+    assert len(calls) == 3
+    # The class holds the same cache for one model and layer.
+    explainer = ig.LayerIntegratedGradients(model, "features.denseblock4")
+    a = explainer.attribute(x, 1, steps=4)
+    b = explainer.attribute(x, 1, steps=4)
+    assert len(calls) == 4 and torch.equal(a.attributions, b.attributions)

@@ -24,6 +24,7 @@ _LAZY = {
     "IntegratedGradients": "cxrsem.attribution.ig",
     "integrated_gradients": "cxrsem.attribution.ig",
     "layer_integrated_gradients": "cxrsem.attribution.ig",
+    "LayerIntegratedGradients": "cxrsem.attribution.ig",
     "METHODS": "cxrsem.attribution.quadrature",
     "RULES": "cxrsem.attribution.quadrature",
     "nodes_weights": "cxrsem.attribution.quadrature",

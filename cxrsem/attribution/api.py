@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from cxrsem.api import resolve_component
 from cxrsem.attribution.ablation import AblationSettings, ablate_image
@@ -64,6 +65,7 @@ from cxrsem.formats.attribution import (
     summary_row,
 )
 from cxrsem.formats.dissection import Dissection, load_dissection
+from cxrsem.modules import as_checkpoint
 from cxrsem.outputs import (
     FolderLock,
     output_dir,
@@ -138,15 +140,19 @@ class _Model:
         return int(self.split.activation_shape[0])
 
 
-def _load(checkpoint: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+def _load(checkpoint: str | Path | Mapping[str, Any] | nn.Module,
+          image_size: int | None = None) -> tuple[dict[str, Any], str]:
+    if isinstance(checkpoint, nn.Module):  # with the images' size (cxrsem.modules)
+        checkpoint = as_checkpoint(checkpoint, image_size=image_size)
     if isinstance(checkpoint, Mapping):
         return dict(checkpoint), str(checkpoint.get("path", "<in memory>"))
     return load_model(str(checkpoint)), str(checkpoint)
 
 
-def _load_model(checkpoint: str | Path | Mapping[str, Any], layer: str, target: str | int | None,
-                device: str | torch.device, dtype: str, split: str) -> tuple[_Model, Target | None]:
-    ckpt, model_path = _load(checkpoint)
+def _load_model(checkpoint: str | Path | Mapping[str, Any] | nn.Module, layer: str,
+                target: str | int | None, device: str | torch.device, dtype: str, split: str,
+                image_size: int | None = None) -> tuple[_Model, Target | None]:
+    ckpt, model_path = _load(checkpoint, image_size)
     kind, outputs = ckpt["task"]["kind"], list(ckpt["task"]["outputs"])
     target_spec = parse_target(target, kind, outputs)
     spec = InputSpec.from_checkpoint(ckpt)
@@ -278,7 +284,10 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     """Semantic attribution (paper Sec. 2.3) of each image's prediction at ``layer``.
 
     ``images``: image files (PNG/JPEG 8/16-bit, DICOM) and/or folders, or a tensor
-    ``[N, 1, S, S]`` in ``[0, 1]``; ``checkpoint``: a cxrsem checkpoint (path or loaded dict);
+    ``[N, 1, S, S]`` in ``[0, 1]``; ``checkpoint``: a cxrsem checkpoint (path or loaded dict),
+    a ``SOURCE:SPEC`` model name, :func:`cxrsem.module_checkpoint` of your own module, or the
+    ``nn.Module`` itself when ``images`` is a tensor (its size is the input size; default
+    channels and normalisation: :mod:`cxrsem.modules`);
     ``layer``: a module path or unambiguous suffix (``denseblock4``); ``dissection``: a
     ``dissection.json`` or a folder holding one for this model and layer; ``target``: an output
     name, an index or ``score`` (default: ``score`` for global-score and zones models, the most
@@ -312,7 +321,9 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     emit = progress or (lambda *_a, **_k: None)
 
     inputs = find_inputs(images)  # a typo in a path fails before the model is loaded
-    model, target_spec = _load_model(checkpoint, layer, target, device, dtype, split)
+    model, target_spec = _load_model(checkpoint, layer, target, device, dtype, split,
+                                     image_size=images.shape[-1] if isinstance(images, torch.Tensor)
+                                     else None)
     dissect = None if dissection is None else load_dissection(
         dissection, layer=model.layer, sha256=model.sha256, num_units=model.num_units,
         model_name=Path(model.path).name)

@@ -20,6 +20,7 @@ matches ``captum.attr.IntegratedGradients`` applied to the sub-network after ``L
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,8 @@ from cxrsem.attribution.quadrature import Quadrature
 from cxrsem.engine.split import Split, repeat_rows, split_at
 from cxrsem.errors import UsageError
 
-__all__ = ["IntegratedGradients", "LayerAttribution", "integrated_gradients",
-           "layer_integrated_gradients"]
+__all__ = ["IntegratedGradients", "LayerAttribution", "LayerIntegratedGradients",
+           "integrated_gradients", "layer_integrated_gradients"]
 
 BASELINE = "zero activations"
 Progress = Callable[..., None]
@@ -144,6 +145,49 @@ def _integrate(split: Split, images: torch.Tensor, quadrature: Quadrature, *, va
         path=split.path, split_reason=split.reason, method=quadrature.rule, steps=steps)
 
 
+class LayerIntegratedGradients:
+    """Integrated Gradients at ``layer`` of ``model`` (eval mode), zero-activation baseline (Eq. 6),
+    in Captum's ``LayerIntegratedGradients(model, layer).attribute(inputs, target=...)`` style.
+
+    The model is split at the layer once per input shape, dtype and device
+    (:func:`~cxrsem.engine.split.split_at`, which traces and checks the split), and the split is
+    reused by every later call: per-image calls in a loop then cost what the engine costs, not a
+    trace each.  The split shares the model's modules, so changed weights are seen; a model whose
+    modules were replaced (``model.fc = ...``) or that was put into training mode is split again.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, *, split: str = "auto") -> None:
+        self.model, self.layer, self.mode = model, layer, split
+        self._splits: dict[tuple, Split] = {}
+
+    def _fingerprint(self) -> tuple:
+        return tuple((name, id(module)) for name, module in self.model.named_modules())
+
+    def split_for(self, inputs: torch.Tensor) -> Split:
+        key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device, self.model.training,
+               self._fingerprint())
+        found = self._splits.get(key)
+        if found is None:
+            self._splits = {}  # one structure at a time: an old one is never used again
+            found = self._splits[key] = split_at(self.model, self.layer, inputs[:1], mode=self.mode)
+        return found
+
+    def attribute(self, inputs: torch.Tensor,
+                  target: int | Sequence[int] | Callable[[torch.Tensor], torch.Tensor], *,
+                  steps: int = 32, method: str = "gausslegendre",
+                  batch_size: int = 64) -> LayerAttribution:
+        """See :func:`layer_integrated_gradients`."""
+        return layer_integrated_gradients(self.model, self.layer, inputs, target, steps=steps,
+                                          method=method, batch_size=batch_size,
+                                          split=self.split_for(inputs))
+
+
+# layer_integrated_gradients keeps one LayerIntegratedGradients per (model, layer, mode), held
+# weakly by the model: calling it in a loop reuses the split like the class does.
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], LayerIntegratedGradients]] = \
+    weakref.WeakKeyDictionary()
+
+
 def layer_integrated_gradients(
         model: nn.Module, layer: str, inputs: torch.Tensor,
         target: int | Sequence[int] | Callable[[torch.Tensor], torch.Tensor], *,
@@ -154,10 +198,14 @@ def layer_integrated_gradients(
     ``inputs`` are model-ready (already normalised).  ``target`` is an output index, one index per
     image, or a function ``logits -> [B]`` giving the explained scalar.  ``split`` is a ready
     :class:`~cxrsem.engine.split.Split` or a mode for :func:`~cxrsem.engine.split.split_at`
-    (``auto``, ``fx`` or ``hook``).
+    (``auto``, ``fx`` or ``hook``); the split made for a mode is kept for the next call on the
+    same model, layer and input shape (:class:`LayerIntegratedGradients`).
     """
     if not isinstance(split, Split):
-        split = split_at(model, layer, inputs[:1], mode=split)
+        per_model = _CACHE.setdefault(model, {})
+        explainer = per_model.setdefault((layer, split), LayerIntegratedGradients(model, layer,
+                                                                                  split=split))
+        split = explainer.split_for(inputs)
     n = inputs.shape[0]
     if callable(target):
         def values(logits: torch.Tensor) -> torch.Tensor:
