@@ -70,11 +70,15 @@ def source_prefix(spec: str | Path) -> str | None:
     return prefix
 
 
-def load_model(spec: str | Path) -> dict[str, Any]:
+def load_model(spec: str | Path, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint dict of a model: a checkpoint file, or ``SOURCE:SPEC`` from a registered model
-    source (see :class:`cxrsem.components.ModelSourceInfo`), validated the same way either way."""
+    source (see :class:`cxrsem.components.ModelSourceInfo`) with the source's ``options``
+    (``weights``, ``num_outputs``, ... for ``torchvision:``), validated the same way either way."""
     prefix = source_prefix(spec)
     if prefix is None:
+        if options:
+            raise CheckpointError(f"{', '.join(sorted(options))} apply to model sources "
+                                  f"(torchvision:NAME, timm:NAME, ...), not to the checkpoint {spec}")
         return load_checkpoint(spec)
     try:
         info = get_model_source(prefix)
@@ -84,7 +88,10 @@ def load_model(spec: str | Path) -> dict[str, Any]:
     name = str(spec).partition(":")[2]
     if info.specs and name not in info.specs:
         raise CheckpointError(unknown_name_message(f"{prefix} model", name, info.specs))
-    return validate_checkpoint(info.factory(spec=name, **info.defaults()), str(spec))
+    from cxrsem.options import resolve_options
+
+    resolved = resolve_options(info, "model source", dict(options or {}))
+    return validate_checkpoint(info.factory(spec=name, **resolved), str(spec))
 
 
 def validate_checkpoint(data: Any, source: str) -> dict[str, Any]:

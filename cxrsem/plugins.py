@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "cxrsem.default_plugins.phantom",
     "cxrsem.default_plugins.losses",
     "cxrsem.default_plugins.architectures",
+    "cxrsem.default_plugins.torchvision_models",
     "cxrsem.default_plugins.nih",
     "cxrsem.default_plugins.chexpert",
     "cxrsem.default_plugins.brixia",

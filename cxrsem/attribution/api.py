@@ -141,18 +141,20 @@ class _Model:
 
 
 def _load(checkpoint: str | Path | Mapping[str, Any] | nn.Module,
-          image_size: int | None = None) -> tuple[dict[str, Any], str]:
+          image_size: int | None = None,
+          model_options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
     if isinstance(checkpoint, nn.Module):  # with the images' size (cxrsem.modules)
         checkpoint = as_checkpoint(checkpoint, image_size=image_size)
     if isinstance(checkpoint, Mapping):
         return dict(checkpoint), str(checkpoint.get("path", "<in memory>"))
-    return load_model(str(checkpoint)), str(checkpoint)
+    return load_model(str(checkpoint), model_options), str(checkpoint)
 
 
 def _load_model(checkpoint: str | Path | Mapping[str, Any] | nn.Module, layer: str,
                 target: str | int | None, device: str | torch.device, dtype: str, split: str,
-                image_size: int | None = None) -> tuple[_Model, Target | None]:
-    ckpt, model_path = _load(checkpoint, image_size)
+                image_size: int | None = None, model_options: Mapping[str, Any] | None = None
+                ) -> tuple[_Model, Target | None]:
+    ckpt, model_path = _load(checkpoint, image_size, model_options)
     kind, outputs = ckpt["task"]["kind"], list(ckpt["task"]["outputs"])
     target_spec = parse_target(target, kind, outputs)
     spec = InputSpec.from_checkpoint(ckpt)
@@ -280,6 +282,7 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
               device: str | torch.device = "auto", batch_size: int = 32,
               out: str | Path | None = None, split: str = "auto", dtype: str = "float32",
               render: bool = True, ablate: bool | AblationSettings = False,
+              model_options: Mapping[str, Any] | None = None,
               progress: Progress | None = None) -> AttributionRun:
     """Semantic attribution (paper Sec. 2.3) of each image's prediction at ``layer``.
 
@@ -297,13 +300,14 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     options).  ``method=<a rule name>`` is deprecated and means ``method="ig", rule=<it>``.
     ``batch_size``: images per head pass and (image, step) rows per tail pass; ``split``: ``auto``
     (torch.fx, hook fallback), ``fx`` or ``hook``; ``out``: where to write the JSON/PNG files
-    (nothing is written when ``None``); ``ablate``: also zero each image's top-k units (and random
-    ones) and record the change of the explained output (``True``: the default
-    :class:`~.ablation.AblationSettings`, ks 1, 2, 5, 10, 20 and 10 random draws).  Inputs are
-    validated before anything is written: a bad
-    method, option, target, dissection, layer or step count fails with a
-    :class:`~cxrsem.errors.CxrsemError`; an ``out`` folder the call created is removed again when
-    it fails before an image's result is written.  An image's files never take a run file's name
+    (nothing is written when ``None``); ``model_options``: options of a model source
+    (``weights``, ``num_outputs``, ... of ``torchvision:NAME``); ``ablate``: also zero each
+    image's top-k units (and random ones) and record the change of the explained output
+    (``True``: the default :class:`~.ablation.AblationSettings`, ks 1, 2, 5, 10, 20 and 10
+    random draws).  Inputs are validated before anything is written: a bad method, option,
+    target, dissection, layer or step count fails with a :class:`~cxrsem.errors.CxrsemError`;
+    an ``out`` folder the call created is removed again when it fails before an image's result
+    is written.  An image's files never take a run file's name
     (``manifest.png`` gives ``manifest-image.json``, see :data:`~.inputs.RESERVED_STEMS`).
     Non-finite activations at ``layer`` are refused (:class:`~cxrsem.errors.DataError`).
     """
@@ -323,7 +327,7 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     inputs = find_inputs(images)  # a typo in a path fails before the model is loaded
     model, target_spec = _load_model(checkpoint, layer, target, device, dtype, split,
                                      image_size=images.shape[-1] if isinstance(images, torch.Tensor)
-                                     else None)
+                                     else None, model_options=model_options)
     dissect = None if dissection is None else load_dissection(
         dissection, layer=model.layer, sha256=model.sha256, num_units=model.num_units,
         model_name=Path(model.path).name)

@@ -271,6 +271,7 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
            concept_options: Mapping[str, Mapping[str, Any]] | None = None,
            data_roots: Mapping[str, str] | None = None, settings: VerifySettings | None = None,
            device: str = "auto", out: str | Path | None = None,
+           model_options: Mapping[str, Any] | None = None,
            progress: Progress | None = None) -> VerifyResult:
     """Deletion/insertion curves and AOPC per attribution method, and (with ``dissection``)
     concept ablation against random units, over ``dataset``'s ``settings.split``.
@@ -291,7 +292,8 @@ def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str 
     emit = progress or (lambda *_a, **_k: None)
     methods = [_build_method(m, None, settings.steps if m == "ig" else None, None)
                for m in settings.methods]
-    model, _ = _load_model(checkpoint, layer, None, device, "float32", "auto")
+    model, _ = _load_model(checkpoint, layer, None, device, "float32", "auto",
+                           model_options=model_options)
     info, options = resolve_component("dataset", dataset, dict(dataset_options or {}))
     data = build_dataset(info, options, split=settings.split, image_size=model.spec.size,
                          seed=settings.seed, data_roots=data_roots)

@@ -594,6 +594,7 @@ def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom"
             image_size: int | None = None, channels: int | None = None,
             normalization: str | Mapping[str, Any] | None = None,
             outputs: Sequence[str] | None = None, task: str | None = None,
+            model_options: Mapping[str, Any] | None = None,
             concept_options: Mapping[str, Mapping[str, Any]] | None = None,
             concept_map: Mapping[str, str] | None = None,
             data_roots: Mapping[str, str] | None = None, settings: DissectSettings | None = None,
@@ -607,7 +608,8 @@ def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom"
     required; ``channels``, ``normalization``, ``outputs``, ``task``:
     :func:`cxrsem.modules.module_checkpoint`).  ``layers``: a layer name or a sequence.
     ``concepts``: registered concept-set names, concept-set objects, or datasets of ``(image,
-    masks)`` with ``concept_names`` (:mod:`.custom_concepts`).  One model gives one
+    masks)`` with ``concept_names`` (:mod:`.custom_concepts`).  ``model_options``: options of the
+    model sources named (``weights``, ``num_outputs``, ... of ``torchvision:NAME``).  One model gives one
     :class:`ModelDissection`, a sequence a list.  ``out=None`` writes nothing: the work happens in
     a temporary folder that is removed (no figures, no activation cache kept).
     ``image_cache``: where ``cxrsem prepare`` stored resized images (None = the default cache,
@@ -632,7 +634,7 @@ def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom"
         else list(concepts)
     spec = {"image_size": image_size, "channels": channels, "normalization": normalization,
             "outputs": outputs, "task": task}
-    model_paths, loaded = model_entries([models] if single else list(models), spec)
+    model_paths, loaded = model_entries([models] if single else list(models), spec, model_options)
     args = (layers, concepts, concept_options, concept_map, data_roots, settings, device, seed,
             image_cache, progress, loaded, concept_names)
     if out is None:
@@ -644,15 +646,25 @@ def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom"
     return results[0] if single else results
 
 
-def model_entries(models: Sequence[Any], spec: Mapping[str, Any]
+def model_entries(models: Sequence[Any], spec: Mapping[str, Any],
+                  model_options: Mapping[str, Any] | None = None
                   ) -> tuple[list[Path], dict[Path, dict[str, Any]]]:
     """The models to dissect: paths (globs expanded) and, for models given as objects (checkpoint
-    dicts, ``nn.Module`` with ``spec``), a name each and their checkpoint dicts."""
+    dicts, ``nn.Module`` with ``spec``) or as model-source names with ``model_options``, a name
+    each and their checkpoint dicts."""
     from cxrsem.modules import as_checkpoint
 
     paths: list[Path] = []
     loaded: dict[Path, dict[str, Any]] = {}
+    if model_options and not any(isinstance(m, (str, Path)) and source_prefix(str(m)) for m in models):
+        raise UsageError(f"{', '.join(sorted(model_options))}: model-source options need a "
+                         f"model source (--model torchvision:NAME, timm:NAME, ...)")
     for item in models:
+        if model_options and isinstance(item, (str, Path)) and source_prefix(str(item)):
+            if Path(str(item)) not in loaded:
+                loaded[Path(str(item))] = load_model(str(item), model_options)
+                paths.append(Path(str(item)))
+            continue
         if isinstance(item, (Mapping, torch.nn.Module)):
             checkpoint = dict(as_checkpoint(item, **spec))
             base = str(checkpoint.get("path") or "model")
