@@ -201,7 +201,7 @@ def layer_integrated_gradients(
     (``auto``, ``fx`` or ``hook``); the split made for a mode is kept for the next call on the
     same model, layer and input shape (:class:`LayerIntegratedGradients`).
     """
-    if not isinstance(split, Split):
+    if isinstance(split, str):
         per_model = _CACHE.setdefault(model, {})
         explainer = per_model.setdefault((layer, split), LayerIntegratedGradients(model, layer,
                                                                                   split=split))

@@ -2,7 +2,8 @@
 
 ``--layer`` accepts a full module path (``features.denseblock4``) or an unambiguous suffix on a dot
 boundary (``denseblock4``).  Valid layers are the modules whose output is a 4-D tensor
-``[B, K, h, w]`` (conv-like feature maps), found with one probe forward pass.
+``[B, K, h, w]`` (conv-like feature maps) or a token sequence ``[B, T, D]`` on a square patch grid
+(vision transformers: :mod:`cxrsem.engine.tokens`), found with one probe forward pass.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from cxrsem.engine.tokens import as_units, token_layout
 from cxrsem.errors import UsageError
 
 
@@ -36,7 +38,9 @@ def feature_map_layers(model: nn.Module, image_size: int, in_channels: int = 1) 
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and name not in found:
+            if name in found or not isinstance(output, torch.Tensor):
+                return
+            if output.dim() == 4 or token_layout(output, model) is not None:
                 found.append(name)
         return hook
 
@@ -64,7 +68,8 @@ def resolve_layer(name: str, valid: Sequence[str], all_modules: Sequence[str] = 
     if len(matches) > 1:
         raise UsageError(f"layer {name!r} is ambiguous: {', '.join(matches)}; give the full path")
     if name in all_modules or any(m.endswith("." + name) for m in all_modules):
-        raise UsageError(f"layer {name!r} does not output a 4-D feature map; valid layers: "
+        raise UsageError(f"layer {name!r} outputs neither a feature map [B, K, h, w] nor a token "
+                         f"sequence on a square patch grid; valid layers: "
                          f"{_short_list(valid)}")
     close = difflib.get_close_matches(name, list(valid) + [v.rsplit(".", 1)[-1] for v in valid],
                                       n=1, cutoff=0.5)
@@ -101,7 +106,9 @@ def capture(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
-            store[name] = output.detach().clone()
+            # A token layer's [B, T, D] becomes its units on the patch grid (a new tensor).
+            store[name] = (output.detach().clone() if output.dim() == 4
+                           else as_units(output.detach(), model))
         return hook
 
     with forward_hooks(model, {name: make_hook(name) for name in layers}):

@@ -281,11 +281,11 @@ def split_at(model: nn.Module, layer: str, example_input: torch.Tensor, *,
     if mode == "hook":
         hook_split.reason = "requested"
         _verify(model, hook_split, example_input)
-        return hook_split
+        return _in_units(model, hook_split, example_input)
     try:
         split = _fx_split(model, layer)
         _verify(model, split, example_input)
-        return split
+        return _in_units(model, split, example_input)
     except SplitError:
         raise
     except UsageError as exc:
@@ -298,7 +298,23 @@ def split_at(model: nn.Module, layer: str, example_input: torch.Tensor, *,
             raise UsageError(f"cannot split the model at {layer!r} with torch.fx: {reason}") from None
     hook_split.reason = f"torch.fx split unavailable ({reason[:300]})"
     _verify(model, hook_split, example_input)
-    return hook_split
+    return _in_units(model, hook_split, example_input)
+
+
+def _in_units(model: nn.Module, split: Split, x: torch.Tensor):
+    """``split`` itself at a feature-map layer; at a token layer (``[B, T, D]``), the split read
+    as ``D`` units on the patch grid (:class:`~cxrsem.engine.tokens.TokenSplit`)."""
+    if len(split.activation_shape) == 3:
+        return split
+    from cxrsem.engine.tokens import TokenSplit, token_layout
+
+    with torch.no_grad():
+        a, _extras = split.head(x[:1])
+    layout = token_layout(a, model)
+    if layout is None:
+        raise UsageError(f"layer {split.layer!r} outputs {tuple(a.shape)}: neither a feature map "
+                         f"[B, K, h, w] nor a token sequence [B, T, D] on a square patch grid")
+    return TokenSplit(split, layout, int(a.shape[-1]))
 
 
 def _verify(model: nn.Module, split: Split, x: torch.Tensor) -> None:
