@@ -52,7 +52,7 @@ def test_end_to_end_on_a_glob_of_epoch_checkpoints(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--layer", "feature"], "unknown layer 'feature'; did you mean 'features'?"),
-    (["--layer", "classifier"], "does not output a 4-D feature map"),
+    (["--layer", "classifier"], "outputs neither a feature map"),
     (["--layer", "features", "--concepts", "toy-blobz"], "did you mean 'toy-blobs'?"),
     (["--layer", "features", "--quantile", "1.5"], "--quantile must be in (0, 1)"),
     (["--layer", "features", "--concept-opt", "toy-blobs.n_images=0"], "hold no images"),

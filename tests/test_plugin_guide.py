@@ -86,5 +86,7 @@ def test_both_plugin_packages_are_installed_and_listed(capsys):
     assert listed["example"]["components"] == {
         "architecture": ["resnet50"], "concept_set": ["mask-folder"], "dataset": ["csv-folder"],
         "loss": ["focal"]}
-    assert listed["xrv"]["components"] == {"architecture": ["xrv-densenet121", "xrv-resnet50"],
-                                           "model_source": ["xrv"]}
+    assert listed["xrv"]["components"] == {
+        "architecture": ["xrv-densenet121", "xrv-resnet50"],
+        "concept_set": ["xrv-nih-bbox", "xrv-rsna-bbox"],
+        "dataset": ["xrv-chexpert", "xrv-nih", "xrv-padchest", "xrv-rsna"], "model_source": ["xrv"]}

@@ -427,7 +427,7 @@ def test_failed_dissect_removes_only_the_folder_it_created(tmp_path, capsys):
     tiny_checkpoint(tmp_path / "m.pt")
     out = tmp_path / "new" / "out"
     code, _, err = run_cli(_dissect_args(tmp_path / "m.pt", out, "--layer", "classifier"), capsys)
-    assert code != 0 and "does not output a 4-D feature map" in err
+    assert code != 0 and "outputs neither a feature map" in err
     assert not (tmp_path / "new").exists()
     existing = tmp_path / "existing"
     existing.mkdir()

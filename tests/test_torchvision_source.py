@@ -117,3 +117,19 @@ def test_timm_models_when_timm_is_there(resnet_weights, monkeypatch):
 def test_plugins_lists_the_sources(capsys):
     code, out, _ = run_cli(["plugins"], capsys)
     assert code == 0 and "torchvision" in out and "timm" in out
+
+
+def test_the_cli_dissects_a_torchvision_model_with_its_weights_as_typed(resnet_weights, capsys,
+                                                                       monkeypatch):
+    net, tmp = resnet_weights
+    torch.save({"state_dict": net.state_dict()}, tmp / "w.pt")
+    monkeypatch.chdir(tmp)
+    code, out, err = run_cli(["dissect", "--model", "torchvision:resnet18", "--weights", "w.pt",
+                              "--input-size", 64, "--concept-opt", "phantom.n_images=12",
+                              "--seg-size", 16, "--no-figures", "--quiet"], capsys)
+    assert code == 0, err
+    record = tmp / "runs" / "dissect" / "torchvision-resnet18" / "torchvision-resnet18" / "layer4"
+    assert (record / "dissection.json").is_file(), out   # the default layer: the last stage
+    code, _, err = run_cli(["dissect", "--model", "torchvision:resnet18", "--weights", "nope.pt",
+                            "--quiet"], capsys)
+    assert code != 0 and "nope.pt not found" in err and "Traceback" not in err

@@ -18,6 +18,7 @@ from cxrsem import __version__
 from cxrsem.cli import (
     attribute,
     compare,
+    config_cmd,
     dissect,
     plugins_cmd,
     prepare,
@@ -54,7 +55,7 @@ def _root(
 
 
 for module in (prepare, train, dissect, compare, attribute, verify, report, plugins_cmd,
-               quickstart):
+               quickstart, config_cmd):
     module.register(app)
 
 

@@ -1,4 +1,5 @@
-"""Options shared by several commands, and the config-file merge (CLI > file > defaults)."""
+"""Options shared by several commands, and the config-file merge (CLI > --config file > project
+file > defaults)."""
 
 from __future__ import annotations
 
@@ -7,31 +8,36 @@ import enum
 import inspect
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from cxrsem.config import load_config
-from cxrsem.errors import ConfigError
+from cxrsem.config import (
+    SOURCE_KEY,
+    load_config,
+    load_project_config,
+    merge_configs,
+    table_label,
+)
+from cxrsem.errors import ConfigError, UsageError
 from cxrsem.options import parse_assignments
 
-_CONFIG_KEY = "cxrsem.config"
+_CONFIG_KEY = "cxrsem.config"             # the project file and the --config file, merged
+_EXPLICIT_KEY = "cxrsem.config.explicit"  # the --config file alone
+_SOURCES_KEY = "cxrsem.config.sources"    # option name -> the file its default_map value came from
+PROJECT_SOURCES = ("cxrsem.toml", "pyproject.toml")
 
 
-def _apply_config(ctx: typer.Context, value: Path | None) -> Path | None:
-    """``--config`` (eager, so it runs before every other option): the file's ``[COMMAND]`` table
-    becomes click's ``default_map``, so each option arrives in the command's own typed argument
-    with the precedence CLI > file > default, and the whole file stays available to the command
-    (``file_config``) for its component tables.
+def command_table_defaults(ctx: typer.Context, config: dict[str, Any]) -> dict[str, Any]:
+    """The ``[COMMAND]`` table of ``config`` as the command's typed option values.
 
     Keys are named like the command's options (``batch-size`` or ``batch_size``); unknown keys and
     values of the wrong type are errors that name the key and the file.
     """
-    config = load_config(value)
-    ctx.meta[_CONFIG_KEY] = config
     command = ctx.command.name or ""
-    source_file = config.get("__path__", "")
+    where = table_label(config, command)
     by_name = {p.name: p for p in ctx.command.params if p.name not in ("config", "help")}
     defaults: dict[str, Any] = {}
     for key, raw in config.get(command, {}).items():
@@ -39,16 +45,43 @@ def _apply_config(ctx: typer.Context, value: Path | None) -> Path | None:
         param = by_name.get(name)
         if param is None:
             known = ", ".join(sorted(n.replace("_", "-") for n in by_name))
-            raise ConfigError(f"unknown key {key!r} in [{command}] of {source_file!r}; known: {known}")
+            raise ConfigError(f"unknown key {key!r} in {where}; known: {known}")
         wrong = _type_mismatch(param, raw)
         if wrong:
-            raise ConfigError(f"bad value for {key!r} in [{command}] of {source_file!r}: {wrong}")
+            raise ConfigError(f"bad value for {key!r} in {where}: {wrong}")
         try:
             defaults[name] = param.process_value(ctx, raw)
         except Exception as exc:  # typer's (vendored click) BadParameter, or a TypeError
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-            raise ConfigError(f"bad value for {key!r} in [{command}] of {source_file!r}: {message}") from None
+            raise ConfigError(f"bad value for {key!r} in {where}: {message}") from None
+    return defaults
+
+
+def apply_configs(ctx: typer.Context, path: Path | None) -> None:
+    """The project file's and the ``--config`` file's ``[COMMAND]`` tables become click's
+    ``default_map`` (the file's values winning), and both files stay available to the command
+    (:func:`file_config`) for their component tables; :func:`option_source` tells where each
+    value came from."""
+    project = load_project_config()
+    explicit = load_config(path)
+    ctx.meta[_CONFIG_KEY] = merge_configs(project, explicit)
+    ctx.meta[_EXPLICIT_KEY] = explicit
+    defaults: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for config in (project, explicit):
+        if config:
+            found = command_table_defaults(ctx, config)
+            defaults.update(found)
+            sources.update(dict.fromkeys(found, config[SOURCE_KEY]))
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta[_SOURCES_KEY] = sources
+
+
+def _apply_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--config`` (eager, so it runs before every other option, given or not): see
+    :func:`apply_configs`.  Each option then arrives in the command's own typed argument with the
+    precedence CLI > --config file > project file > default."""
+    apply_configs(ctx, value)
     return value
 
 
@@ -102,20 +135,38 @@ def _type_mismatch(param: Any, raw: Any) -> str | None:
 
 
 ConfigOption = typer.Option(
-    None, "--config", help="TOML file whose [COMMAND] table gives defaults; CLI options win.",
+    None, "--config", help="TOML file whose [COMMAND] table gives defaults (over cxrsem.toml's); "
+                           "CLI options win.",
     dir_okay=False, is_eager=True, callback=_apply_config,
 )
 
 
 def file_config(ctx: typer.Context) -> dict[str, Any]:
-    """The whole ``--config`` file (empty without one), for component and data-root tables."""
+    """The project file and the ``--config`` file merged (the latter winning key by key; empty
+    without either), for component and data-root tables."""
     return ctx.meta.get(_CONFIG_KEY, {})
 
 
-def option_was_given(ctx: typer.Context, name: str) -> bool:
-    """Whether option ``name`` was set on the command line or in the config file."""
+def explicit_config(ctx: typer.Context) -> dict[str, Any]:
+    """The ``--config`` file alone (empty without one)."""
+    return ctx.meta.get(_EXPLICIT_KEY, {})
+
+
+def option_source(ctx: typer.Context, name: str) -> str:
+    """Where option ``name``'s value came from: ``cli``, ``environment``, ``--config FILE``,
+    ``cxrsem.toml``, ``pyproject.toml`` or ``default``."""
     source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT",)
+    if source is None or source.name == "DEFAULT":
+        return "default"
+    if source.name == "DEFAULT_MAP":
+        return ctx.meta.get(_SOURCES_KEY, {}).get(name, "default")
+    return "environment" if source.name == "ENVIRONMENT" else "cli"
+
+
+def option_was_given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was set on the command line or in the ``--config`` file (the
+    project file only gives defaults: it never counts as asking for something)."""
+    return option_source(ctx, name) not in ("default", *PROJECT_SOURCES)
 
 
 def library_default(target: Any, name: str) -> Any:
@@ -185,3 +236,67 @@ def concept_options(config: dict[str, Any], given: list[str] | None) -> dict[str
         options.setdefault(name, {})[option] = value
     return options
 
+
+
+# --- the model a command works on, its layer, and where results go ------------------------------
+# dissect, attribute and verify share these (with the same defaults from cxrsem.defaults), so an
+# option of how a model is found or built is added once, here, and reaches all three.
+
+ModelOption = typer.Option(None, "--model", metavar="CKPT",
+                           help="Checkpoint or SOURCE:NAME (or `model` in cxrsem.toml).")
+ModelsOption = typer.Option(None, "--model", metavar="CKPT",
+                            help="Checkpoint(s) or SOURCE:NAME; a glob like RUN/epoch-*.pt "
+                                 "(repeatable; or `model` in cxrsem.toml).")
+LayerOption = typer.Option(None, "--layer", help="Layer name or unambiguous suffix (default: the "
+                                                 "architecture's default layer).")
+LayersOption = typer.Option(None, "--layer", help="Layer name or unambiguous suffix (repeatable; "
+                                                  "default: the architecture's default layer).")
+
+
+def out_option(command: str, named_by: str, help: str = "Output folder") -> Any:  # noqa: A002
+    """``--out``, defaulting to ``runs/<command>/<named_by>`` (numbered when taken)."""
+    return typer.Option(None, "--out", help=f"{help} (default: runs/{command}/<{named_by}>, "
+                                            f"numbered when taken).")
+
+
+def require_model(command: str, model: str | Sequence[str] | None) -> None:
+    """One line when no model came from anywhere (it names the quickstart's model if any)."""
+    from cxrsem.defaults import no_model_message
+
+    if not model:
+        raise UsageError(no_model_message(command))
+
+
+def layer_or_default(layer: str | None, model: str | Sequence[str],
+                     model_options: Mapping[str, Any] | None = None) -> str:
+    """``layer``, else the default layer of (the first of) ``model``'s architecture."""
+    from cxrsem.defaults import default_layer, first_model
+
+    return layer if layer else default_layer(first_model(model), model_options)
+
+
+# Options of a model source (--model torchvision:NAME, timm:NAME): the source's own option names.
+WeightsOption = typer.Option(None, "--weights", metavar="FILE",
+                             help="Weights for a model source (torchvision:NAME, timm:NAME): a "
+                                  "state dict or checkpoint dict, read with weights_only.")
+NumOutputsOption = typer.Option(None, "--num-outputs", help="Outputs of a model-source model "
+                                "(default: from --outputs or the weights).")
+OutputsOption = typer.Option(None, "--outputs", metavar="NAME,...",
+                             help="Output names of a model-source model.")
+InputSizeOption = typer.Option(None, "--input-size", help="Input size of a model-source model "
+                               "(default 224).")
+ChannelsOption = typer.Option(None, "--channels", help="Input channels of a model-source model "
+                              "(default 3; the grey image is repeated).")
+NormalizationOption = typer.Option(None, "--normalization", metavar="imagenet|xrv|none|MEAN,STD",
+                                   help="Input normalisation of a model-source model "
+                                        "(default imagenet).")
+
+
+def model_source_options(*, weights: str | None = None, num_outputs: int | None = None,
+                         outputs: str | None = None, input_size: int | None = None,
+                         channels: int | None = None,
+                         normalization: str | None = None) -> dict[str, Any]:
+    """The model-source options the user gave (``--weights`` ... ``--normalization``)."""
+    given = {"weights": weights, "num_outputs": num_outputs, "outputs": outputs,
+             "input_size": input_size, "channels": channels, "normalization": normalization}
+    return {k: v for k, v in given.items() if v is not None}

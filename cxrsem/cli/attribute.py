@@ -13,7 +13,25 @@ from rich.table import Table
 
 from cxrsem.attribution.ablation import DEFAULT_KS, DEFAULT_RANDOM, AblationSettings, parse_ks
 from cxrsem.attribution.api import attribute as run_attribution
-from cxrsem.cli._options import ConfigOption, batch_size_option, device_option, library_option
+from cxrsem.cli._options import (
+    ChannelsOption,
+    ConfigOption,
+    InputSizeOption,
+    LayerOption,
+    ModelOption,
+    NormalizationOption,
+    NumOutputsOption,
+    OutputsOption,
+    WeightsOption,
+    batch_size_option,
+    device_option,
+    layer_or_default,
+    library_option,
+    model_source_options,
+    out_option,
+    require_model,
+)
+from cxrsem.defaults import default_out, images_run_name
 from cxrsem.options import parse_assignments
 
 
@@ -43,8 +61,14 @@ _DEFAULT = run_attribution  # option defaults come from the library function's s
 
 def attribute(
     images: list[Path] = typer.Argument(..., help="Image files or a folder."),
-    model: str = typer.Option(..., "--model", help="Checkpoint."),
-    layer: str = typer.Option(..., "--layer", help="Layer name or unambiguous suffix."),
+    model: str | None = ModelOption,
+    weights: str | None = WeightsOption,
+    num_outputs: int | None = NumOutputsOption,
+    outputs: str | None = OutputsOption,
+    input_size: int | None = InputSizeOption,
+    channels: int | None = ChannelsOption,
+    normalization: str | None = NormalizationOption,
+    layer: str | None = LayerOption,
     dissection: Path | None = typer.Option(None, "--dissection", help="Dissection folder or json."),
     target: str | None = typer.Option(None, "--target", help="Output name, index or 'score'."),
     top_k: int = library_option(_DEFAULT, "top_k", "Units to show.", min=1),
@@ -64,17 +88,24 @@ def attribute(
                                       help="Random unit sets per k (the reference)."),
     device: str = device_option(_DEFAULT),
     batch_size: int = batch_size_option(_DEFAULT),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Path | None = out_option("attribute", "image stem or folder name"),
     config: Path | None = ConfigOption,
 ) -> None:
     """Explain predictions by the units that drive them (by default Integrated Gradients at a
     layer, Sec. 2.3)."""
+    require_model("attribute", model)
+    sources = model_source_options(weights=weights, num_outputs=num_outputs, outputs=outputs,
+                                   input_size=input_size, channels=channels,
+                                   normalization=normalization)
+    layer = layer_or_default(layer, model, sources)
+    out = out or default_out("attribute", images_run_name(images))
     err = Console(stderr=True)
     with warnings.catch_warnings():
         # The library's DeprecationWarning (--method RULE) is for this user: show it, as one line.
         warnings.simplefilter("always", DeprecationWarning)
         run = run_attribution(
             images, model, layer, dissection=dissection, target=target, top_k=top_k,
+            model_options=sources,
             method=method, rule=rule, steps=steps,
             method_options=parse_assignments(method_opt or [], "--method-opt"), device=device,
             batch_size=batch_size, out=out, progress=_AttributionProgress(err),
@@ -118,6 +149,7 @@ def attribute(
     if run.skipped:
         written += f"; {len(run.skipped)} image(s) skipped"
     console.print(written, highlight=False, markup=False)
+    console.print(f"results in {run.out}", highlight=False, markup=False)
 
 
 def print_top_labelled(console: Console, results: list, limit: int = 24) -> None:

@@ -10,19 +10,32 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxrsem.cli._options import (
+    ChannelsOption,
     ConfigOption,
     DataRootOption,
     ImageCacheOption,
+    InputSizeOption,
+    LayersOption,
+    ModelsOption,
+    NormalizationOption,
+    NumOutputsOption,
+    OutputsOption,
+    WeightsOption,
     batch_size_option,
     concept_options,
     data_roots,
     device_option,
     file_config,
+    layer_or_default,
     library_default,
     library_option,
+    model_source_options,
+    out_option,
+    require_model,
     seed_option,
 )
 from cxrsem.cli._progress import PhaseProgress
+from cxrsem.defaults import default_out, model_run_name
 from cxrsem.dissection import DissectSettings, dissect, null_settings
 from cxrsem.formats.dissection import is_detector
 from cxrsem.options import parse_assignments
@@ -32,8 +45,14 @@ _D = DissectSettings  # option defaults come from the library, never re-declared
 
 def dissect_command(
     ctx: typer.Context,
-    model: list[str] = typer.Option(..., "--model", help="Checkpoint(s); a glob like RUN/epoch-*.pt."),
-    layer: list[str] = typer.Option(..., "--layer", help="Layer name or unambiguous suffix (repeatable)."),
+    model: list[str] | None = ModelsOption,
+    weights: str | None = WeightsOption,
+    num_outputs: int | None = NumOutputsOption,
+    outputs: str | None = OutputsOption,
+    input_size: int | None = InputSizeOption,
+    channels: int | None = ChannelsOption,
+    normalization: str | None = NormalizationOption,
+    layer: list[str] | None = LayersOption,
     concepts: list[str] = typer.Option(list(library_default(dissect, "concepts")), "--concepts",
                                        help="Concept set(s) to dissect against."),
     concept_opt: list[str] | None = typer.Option(None, "--concept-opt", metavar="SET.OPTION=VALUE",
@@ -73,11 +92,16 @@ def dissect_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute activations even if cached."),
     cache_dtype: str = library_option(_D, "cache_dtype", "float32 (exact) or float16."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the unit and summary PNGs."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Path | None = out_option("dissect", "model stem"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Find which units of a layer detect which concepts (Network Dissection, paper Sec. 2.2)."""
+    require_model("dissect", model)
+    sources = model_source_options(weights=weights, num_outputs=num_outputs, outputs=outputs,
+                                   input_size=input_size, channels=channels,
+                                   normalization=normalization)
+    layer = layer or [layer_or_default(None, model, sources)]
     from_file = file_config(ctx)
     settings = DissectSettings(
         quantile=quantile, quantile_sample=quantile_sample, iou_threshold=iou_threshold,
@@ -85,9 +109,10 @@ def dissect_command(
         use_cache=not no_cache, bootstrap=bootstrap, group_by=group_by, confidence=confidence,
         sensitivity=sensitivity, fdr=fdr, iou_over=iou_over, merge_concepts=merge_concepts,
         **null_settings(null or [], null_permutations))
+    out = out or default_out("dissect", model_run_name(model))
     with PhaseProgress(quiet=quiet) as progress:
         results = dissect(
-            model, layer, out=out, concepts=concepts,
+            model, layer, out=out, concepts=concepts, model_options=sources,
             concept_options=concept_options(from_file, concept_opt),
             concept_map=parse_assignments(concept_map or [], "--map-concept"),
             data_roots=data_roots(from_file, data_root), settings=settings, device=device,

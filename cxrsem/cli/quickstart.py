@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -91,6 +92,32 @@ def quickstart(
     if result.verification is not None:
         print_verification(console, result.verification, VerifySettings.confidence)
     console.print(f"report: {result.report}", highlight=False, markup=False)
+    console.print("next, on your own image:", highlight=False, markup=False)
+    for command in next_commands(result):
+        console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
+
+
+IMAGE_PLACEHOLDER = "YOUR_IMAGE.png"
+
+
+def next_commands(result, image: str = IMAGE_PLACEHOLDER) -> list[str]:
+    """Three commands to run next, with this quickstart's paths: attribute an image with the
+    trained model and its dissection (found under the quickstart's by its checksum), dissect that
+    model anew, and report the quickstart's dissections with the new attribution (``--out`` and
+    ``--layer`` left to their defaults)."""
+    from cxrsem.defaults import RUNS_ROOT, images_run_name
+
+    final = result.dissections[-1].model_path if result.dissections else \
+        result.training.run_dir / "best.pt"
+    final = Path(final)
+    dissect_dir = result.out / "dissect"
+    attributions = RUNS_ROOT / "attribute" / images_run_name(image)
+    return [
+        shlex.join(["cxrsem", "attribute", image, "--model", str(final),
+                    "--dissection", str(dissect_dir)]),
+        shlex.join(["cxrsem", "dissect", "--model", str(final)]),
+        shlex.join(["cxrsem", "report", str(dissect_dir), "--attributions", str(attributions)]),
+    ]
 
 
 def register(app: typer.Typer) -> None:

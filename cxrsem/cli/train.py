@@ -16,12 +16,14 @@ from cxrsem.cli._options import (
     component_options,
     data_roots,
     device_option,
+    explicit_config,
     file_config,
     library_option,
     option_was_given,
     seed_option,
 )
 from cxrsem.cli._progress import TrainingProgress
+from cxrsem.defaults import default_out, train_run_name
 from cxrsem.errors import CxrsemError, UsageError
 from cxrsem.training import TrainConfig, TrainingInterrupted, resume, train
 
@@ -58,9 +60,11 @@ def train_command(
     resume_dir: Path | None = typer.Option(None, "--resume",
                                            help="Continue the run in RUN_DIR from last.pt."),
     out: Path | None = typer.Option(None, "--out", help="Run folder for checkpoints and metrics "
-                                    "(new or empty; an earlier run there needs --resume or --overwrite)."),
+                                    "(new or empty; an earlier run there needs --resume or --overwrite; "
+                                    "default: runs/train/<dataset>-<loss>, numbered when taken)."),
     overwrite: bool = library_option(_D, "overwrite", "Replace the earlier run in --out (only its "
-                                     "files; a folder holding anything else is refused)."),
+                                     "files; a folder holding anything else is refused; without "
+                                     "--out: runs/train/<dataset>-<loss> itself)."),
     dataset_opt: list[str] | None = typer.Option(None, "--dataset-opt", metavar="NAME=VALUE"),
     loss_opt: list[str] | None = typer.Option(None, "--loss-opt", metavar="NAME=VALUE"),
     arch_opt: list[str] | None = typer.Option(None, "--arch-opt", metavar="NAME=VALUE"),
@@ -78,9 +82,8 @@ def train_command(
                             device=device if option_was_given(ctx, "device") else None,
                             progress=progress)
         else:
-            if out is None:
-                raise typer.BadParameter("--out RUN_DIR is required (or --resume RUN_DIR)",
-                                         param_hint="--out")
+            if out is None:  # --overwrite without --out: replace the default folder itself
+                out = default_out("train", train_run_name(dataset, loss), number=not overwrite)
             from_file = file_config(ctx)
             train_config = TrainConfig(
                 out=str(out), dataset=dataset, loss=loss, arch=arch, epochs=epochs,
@@ -100,8 +103,10 @@ def train_command(
         if progress.bar is not None:
             progress.bar.stop()
     name, value = result.best_metric
-    Console().print(f"trained {result.epochs_run} epoch(s); best {name} {value:.4f} at epoch "
-                    f"{result.best_epoch}; checkpoints in {result.run_dir}", highlight=False, markup=False)
+    console = Console()
+    console.print(f"trained {result.epochs_run} epoch(s); best {name} {value:.4f} at epoch "
+                  f"{result.best_epoch}; checkpoints in {result.run_dir}", highlight=False, markup=False)
+    console.print(f"results in {result.run_dir}", highlight=False, markup=False)
 
 
 def _refuse_changes_on_resume(ctx: typer.Context, resume_dir: Path, out: Path | None) -> None:
@@ -114,8 +119,9 @@ def _refuse_changes_on_resume(ctx: typer.Context, resume_dir: Path, out: Path | 
         if param.name == "out" and out is not None and out.resolve() == resume_dir.resolve():
             continue  # --out naming the resumed folder changes nothing
         given.append(param.opts[0] if param.opts else param.name)
+    # The project file (cxrsem.toml) only gives defaults: its tables never block a resume.
     given += [f"[{table}] of --config" for table in ("dataset", "loss", "arch", "data_roots")
-              if file_config(ctx).get(table)]
+              if explicit_config(ctx).get(table)]
     if given:
         raise UsageError(f"{', '.join(given)} cannot change on --resume (only --epochs, to extend "
                          f"the run, and --device); start a new run with --out instead")

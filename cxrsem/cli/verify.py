@@ -14,17 +14,30 @@ from rich.table import Table
 from cxrsem.attribution.ablation import parse_ks
 from cxrsem.attribution.verify import VerifySettings, verify
 from cxrsem.cli._options import (
+    ChannelsOption,
     ConfigOption,
     DataRootOption,
+    InputSizeOption,
+    LayerOption,
+    ModelOption,
+    NormalizationOption,
+    NumOutputsOption,
+    OutputsOption,
+    WeightsOption,
     component_options,
     concept_options,
     data_roots,
     device_option,
     file_config,
+    layer_or_default,
     library_option,
+    model_source_options,
+    out_option,
+    require_model,
     seed_option,
 )
 from cxrsem.cli._progress import PhaseProgress
+from cxrsem.defaults import default_out, model_run_name
 from cxrsem.errors import UsageError
 
 _V = VerifySettings  # option defaults come from the library, never re-declared here
@@ -32,8 +45,14 @@ _V = VerifySettings  # option defaults come from the library, never re-declared 
 
 def verify_command(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", help="Checkpoint."),
-    layer: str = typer.Option(..., "--layer", help="Layer name or unambiguous suffix."),
+    model: str | None = ModelOption,
+    weights: str | None = WeightsOption,
+    num_outputs: int | None = NumOutputsOption,
+    outputs: str | None = OutputsOption,
+    input_size: int | None = InputSizeOption,
+    channels: int | None = ChannelsOption,
+    normalization: str | None = NormalizationOption,
+    layer: str | None = LayerOption,
     dataset: str = typer.Option(..., "--dataset", help="Dataset whose split is ablated."),
     dataset_opt: list[str] | None = typer.Option(None, "--dataset-opt", metavar="NAME=VALUE"),
     data_root: list[str] | None = DataRootOption,
@@ -59,21 +78,28 @@ def verify_command(
     confidence: float = library_option(_V, "confidence", "Confidence of the intervals."),
     seed: int = seed_option(_V),
     device: str = device_option(verify),
-    out: Path | None = typer.Option(None, "--out", help="Folder for verify.json (optional)."),
+    out: Path | None = out_option("verify", "model stem", "Folder for verify.json"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Ablate units at a layer: which method's top units matter, do concept detectors, and do
     the top labelled units' maps fall on their concepts' annotations (--concepts)?"""
+    require_model("verify", model)
     from_file = file_config(ctx)
     if concept_opt and not concepts:
         raise UsageError("--concept-opt given without --concepts")
+    sources = model_source_options(weights=weights, num_outputs=num_outputs, outputs=outputs,
+                                   input_size=input_size, channels=channels,
+                                   normalization=normalization)
+    layer = layer_or_default(layer, model, sources)
     settings = VerifySettings(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), ks=parse_ks(ablate_k),
         random_draws=ablate_random, steps=steps, split=split, limit=limit, batch_size=batch_size,
         resamples=resamples, confidence=confidence, seed=seed)
+    out = out or default_out("verify", model_run_name(model))
     with PhaseProgress(quiet=quiet) as progress:
         result = verify(model, layer, dataset, dissection=dissection, concepts=concepts or (),
+                        model_options=sources,
                         concept_options=(concept_options(from_file, concept_opt) if concepts
                                          else None),
                         dataset_options=component_options(from_file, "dataset", dataset_opt,

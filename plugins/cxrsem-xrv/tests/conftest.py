@@ -1,4 +1,4 @@
-"""A fake xrv cache shared by the tests, and a guard that fails any network access.
+"""A fake xrv cache and sample datasets shared by the tests, and a guard that fails any network access.
 
 Every test runs with ``xrv.utils.download`` and socket connections replaced by failures, so a
 code path that tried to fetch weights fails loudly instead of hanging.
@@ -16,6 +16,7 @@ from cxrsem.checkpoint import load_model
 
 from cxrsem_xrv import CACHE_ENV
 from cxrsem_xrv.models import import_xrv
+from cxrsem_xrv.sample_data import write_sample_data
 from xrv_fakes import random_densenet, save_as_old_torch, weights_path
 
 
@@ -66,3 +67,11 @@ def checkpoints(fakes):
         return loaded[spec]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def sample_roots(tmp_path_factory) -> dict[str, Path]:
+    """The data root of every ``xrv-*`` dataset and concept set: tiny copies of the real layouts
+    (:mod:`cxrsem_xrv.sample_data`), written once per session; tests that change files write
+    their own."""
+    return write_sample_data(tmp_path_factory.mktemp("xrv-data"))

@@ -24,7 +24,8 @@ def import_xrv() -> ModuleType:
     """
     with warnings.catch_warnings():
         import torchxrayvision
-        import torchxrayvision.models  # noqa: F401  (older releases do not import it eagerly)
+        import torchxrayvision.datasets  # noqa: F401  (older releases do not import them eagerly)
+        import torchxrayvision.models  # noqa: F401
     return torchxrayvision
 
 
