@@ -39,10 +39,24 @@ MAX_INPUT_SIZE = 10_000
 MAX_CHANNELS = 16
 
 
+# Set by cxrsem from the checkpoint's task and input, never by the architecture's options.
+RESERVED_ARCH_KWARGS = ("num_outputs", "in_channels")
+
+
+def _check_arch_kwargs(arch_kwargs: Mapping[str, Any], source: str) -> None:
+    reserved = [k for k in RESERVED_ARCH_KWARGS if k in arch_kwargs]
+    if reserved:
+        raise CheckpointError(
+            f"{source}: arch kwargs must not hold {' or '.join(reserved)}: cxrsem sets them from "
+            f"the task's outputs and the input's channels (give outputs= / channels= instead)")
+
+
 def make_checkpoint(model: nn.Module, *, arch: str, arch_kwargs: Mapping[str, Any], task_kind: str,
                     outputs: list[str], image_size: int, normalization: Mapping[str, Any],
                     channels: int = 1, train: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from cxrsem import __version__
+
+    _check_arch_kwargs(arch_kwargs, "make_checkpoint")
 
     return {
         "format": FORMAT,
@@ -246,12 +260,16 @@ def create_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint
     from cxrsem.tasks import head_size
 
     arch, task = checkpoint["arch"], checkpoint["task"]
+    _check_arch_kwargs(arch.get("kwargs", {}), str(source))
     try:
         return create_architecture(arch["name"], num_outputs=head_size(task["kind"], len(task["outputs"])),
                                    in_channels=checkpoint["input"].get("channels", 1),
                                    **arch.get("kwargs", {}))
     except CxrsemError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a factory refusing the recorded options
+        raise CheckpointError(f"{source}: architecture {arch['name']!r} cannot be built with "
+                              f"options {arch.get('kwargs', {})}: {exc}") from None
 
 
 def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> nn.Module:

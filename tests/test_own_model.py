@@ -155,3 +155,19 @@ def test_attribute_takes_the_module_itself_with_a_tensor_of_images(tmp_path):
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "x.png")
     with pytest.raises(UsageError, match="needs image_size="):  # files: the size is not known
         cxrsem.attribute([tmp_path / "x.png"], net, "denseblock4")
+
+
+def test_library_mistakes_with_checkpoints_are_cxrsem_errors():
+    from cxrsem.checkpoint import build_model
+    from cxrsem.errors import CheckpointError
+
+    net = mini_densenet(outputs=6)
+    with pytest.raises(CheckpointError, match="arch kwargs must not hold num_outputs"):
+        make_checkpoint(net, arch="densenet-mini", arch_kwargs={"num_outputs": 6},
+                        task_kind="multilabel", outputs=list("abcdef"), image_size=32,
+                        normalization={"mean": [0.5], "std": [0.25]})
+    good = make_checkpoint(net, arch="densenet-mini", arch_kwargs={}, task_kind="multilabel",
+                           outputs=list("abcdef"), image_size=32,
+                           normalization={"mean": [0.5], "std": [0.25]})
+    with pytest.raises(CheckpointError, match="arch kwargs must not hold in_channels"):
+        build_model({**good, "arch": {"name": "densenet-mini", "kwargs": {"in_channels": 3}}})
