@@ -25,7 +25,7 @@ from cxrsem.cli._options import (
 from cxrsem.cli._progress import TrainingProgress
 from cxrsem.defaults import default_out, train_run_name
 from cxrsem.errors import CxrsemError, UsageError
-from cxrsem.training import TrainConfig, TrainingInterrupted, resume, train
+from cxrsem.training import DEFAULT_TENSORBOARD_DIR, TrainConfig, TrainingInterrupted, resume, train
 
 _D = TrainConfig  # option defaults come from the library's TrainConfig, never re-declared here
 
@@ -65,6 +65,23 @@ def train_command(
     overwrite: bool = library_option(_D, "overwrite", "Replace the earlier run in --out (only its "
                                      "files; a folder holding anything else is refused; without "
                                      "--out: runs/train/<dataset>-<loss> itself)."),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Write TensorBoard scalars (batch loss, lr, every validation "
+        "metric; detector counts with --dissect-every) into RUN_DIR/tensorboard; needs "
+        "pip install 'cxrsem[tensorboard]'."),
+    tensorboard_dir: str | None = typer.Option(
+        None, "--tensorboard-dir", metavar="NAME", help="Folder name inside the run folder for the "
+        "TensorBoard events (implies --tensorboard; default tensorboard)."),
+    dissect_every: int = library_option(_D, "dissect_every", "Quick dissection of epoch-000, every "
+                                        "N-th and the last epoch's checkpoint into "
+                                        "RUN_DIR/quick-dissect (0: off).", min=0),
+    dissect_layer: str | None = library_option(_D, "dissect_layer", "Layer for --dissect-every "
+                                               "(default: the architecture's default layer)."),
+    dissect_concept: list[str] = library_option(_D, "dissect_concepts", "Concept set for "
+                                                "--dissect-every (repeatable).",
+                                                flag="--dissect-concept"),
+    dissect_images: int = library_option(_D, "dissect_images", "Images of the concept sets per "
+                                         "quick dissection.", min=1),
     dataset_opt: list[str] | None = typer.Option(None, "--dataset-opt", metavar="NAME=VALUE"),
     loss_opt: list[str] | None = typer.Option(None, "--loss-opt", metavar="NAME=VALUE"),
     arch_opt: list[str] | None = typer.Option(None, "--arch-opt", metavar="NAME=VALUE"),
@@ -95,6 +112,9 @@ def train_command(
                 arch_options=component_options(from_file, "arch", arch_opt, "--arch-opt"),
                 data_roots=data_roots(from_file, data_root), image_cache=image_cache,
                 overwrite=overwrite,
+                tensorboard=tensorboard_dir or (DEFAULT_TENSORBOARD_DIR if tensorboard else None),
+                dissect_every=dissect_every, dissect_layer=dissect_layer,
+                dissect_concepts=list(dissect_concept), dissect_images=dissect_images,
             )
             result = train(train_config, progress=progress)
     except TrainingInterrupted as exc:

@@ -8,5 +8,7 @@ from cxrsem.training.loop import (
     resume,
     train,
 )
+from cxrsem.training.monitoring import DEFAULT_TENSORBOARD_DIR
 
-__all__ = ["DIVERGENCE_FACTOR", "TrainConfig", "TrainResult", "TrainingInterrupted", "train", "resume"]
+__all__ = ["DEFAULT_TENSORBOARD_DIR", "DIVERGENCE_FACTOR", "TrainConfig", "TrainResult",
+           "TrainingInterrupted", "train", "resume"]

@@ -20,6 +20,10 @@ Nothing lost, nothing mixed:
   the last good checkpoint.
 - ``resume`` changes nothing but the number of epochs (never fewer than already run) and the
   device.
+
+Monitoring (``tensorboard``, ``dissect_every``; :mod:`cxrsem.training.monitoring`) writes inside
+the run folder only, is among the run's own files, and never changes the weights: a quick
+dissection runs with every random state restored afterwards.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,25 +41,36 @@ from typing import Any
 
 import torch
 
-from cxrsem.api import build_architecture, build_dataset, build_loss, resolve_component
+from cxrsem.api import build_architecture, build_dataset, build_loss, resolve_component, resolve_root
 from cxrsem.checkpoint import load_checkpoint, make_checkpoint, non_finite, save_checkpoint
 from cxrsem.engine.data import make_loader, to_device
 from cxrsem.engine.device import autocast, resolve_device
+from cxrsem.engine.layers import resolve_layers
 from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, InputSpec
 from cxrsem.engine.runner import run_model
 from cxrsem.errors import ConfigError, DataError, TrainingError, UsageError
 from cxrsem.outputs import (
     FolderLock,
     output_dir,
+    safe_name,
     stale_temporaries,
     toml_ready,
     write_config,
     write_manifest,
     write_text,
 )
+from cxrsem.plugins import get as get_component
 from cxrsem.tasks import head_size
 from cxrsem.training.init import initialise
 from cxrsem.training.metrics import compute_metrics, primary_metric
+from cxrsem.training.monitoring import (
+    QUICK_DISSECT_DIR,
+    TensorBoardLog,
+    is_own_folder,
+    quick_dissect,
+    result_folder,
+    summary_writer_class,
+)
 
 Progress = Callable[..., None]
 
@@ -66,7 +83,9 @@ DIVERGENCE_FACTOR = 1e4
 # `train`/`--resume` into the same folder fails at once naming the first.
 RUN_LOCK = ".cxrsem-run.lock"
 
-# The files a run writes into its folder: nothing else is ever removed by --overwrite.
+# The files a run writes into its folder: nothing else is ever removed by --overwrite.  Its
+# folders (the TensorBoard folder its config.toml names, quick-dissect/) are the run's own while
+# they hold only what a run writes there (monitoring.is_own_folder).
 _RUN_FILE = re.compile(r"^(epoch-\d{3,}\.pt|best\.pt|last\.pt|metrics\.jsonl|config\.toml|manifest\.json)$")
 
 
@@ -109,6 +128,12 @@ class TrainConfig:
     data_roots: dict[str, str] = field(default_factory=dict)
     image_cache: str | None = None  # where `cxrsem prepare` stored images (None = default, "off")
     overwrite: bool = False  # replace an earlier run in `out` (only its files); else refused
+    # Monitoring (docs/formats.md, "Run folder monitoring"); none of it changes the weights.
+    tensorboard: str | None = None  # TensorBoard event folder, a name inside `out` (None: off)
+    dissect_every: int = 0  # quick dissection of epoch-NNN.pt every N epochs and at the end (0: off)
+    dissect_layer: str | None = None  # the layer it reads (None: the architecture's default_layer)
+    dissect_concepts: list[str] = field(default_factory=lambda: ["phantom"])  # concept sets
+    dissect_images: int = 100  # the first N images of the concept sets
 
     def validate(self) -> None:
         checks = [
@@ -120,10 +145,23 @@ class TrainConfig:
             (self.patience >= 1, "--patience must be at least 1"),
             (self.save_every >= 1, "--save-every must be at least 1"),
             (self.workers >= 0, "--workers must be 0 or more"),
+            (self.dissect_every >= 0, "--dissect-every must be 0 (off) or a number of epochs"),
+            (self.dissect_images >= 1, "--dissect-images must be at least 1"),
+            (bool(self.dissect_concepts) and all(isinstance(n, str) and n for n in self.dissect_concepts),
+             "--dissect-concept must name at least one concept set"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        if self.tensorboard is not None:
+            name = self.tensorboard
+            if not isinstance(name, str) or safe_name(name) != name \
+                    or name in (QUICK_DISSECT_DIR, RUN_LOCK) or _RUN_FILE.match(name):
+                raise UsageError(
+                    f"--tensorboard-dir {name!r} must be one folder name inside the run folder, other "
+                    f"than the run's files (nothing is written outside --out; point `tensorboard "
+                    f"--logdir` at the run folder or its parent)")
+            summary_writer_class()  # not installed: say what to install before anything runs
         from cxrsem.engine.memory import check_training  # refuse what cannot fit
 
         check_training(self.image_size, self.batch_size)
@@ -224,6 +262,7 @@ class _Run:
             in_channels=self.input_spec.channels)
         for message in initialise(self.model, arch_info, c.init, c.weights):
             self.note(message)
+        self.dissect_layer = self.quick_dissection_layer(arch_info) if c.dissect_every else None
         self.model.to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -244,6 +283,18 @@ class _Run:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
+        self.tensorboard: TensorBoardLog | None = None
+
+    def quick_dissection_layer(self, arch_info: Any) -> str:
+        """The full name of the layer quick dissections read; fails now, not after an epoch."""
+        c = self.config
+        layer = c.dissect_layer or arch_info.default_layer
+        if layer is None:
+            raise UsageError(f"architecture {c.arch} names no default layer; give --dissect-layer "
+                             f"for --dissect-every")
+        for name in c.dissect_concepts:  # unknown names and missing data folders fail up front
+            resolve_root(name, get_component("concept_set", name).needs_root, c.data_roots)
+        return resolve_layers(self.model, [layer], c.image_size, self.input_spec.channels)[0]
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint(self, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -305,10 +356,11 @@ class _Run:
         if found is not None:
             raise self.diverged(f"weight {found[0]} became non-finite at epoch {self.epoch}")
 
-    def save_epoch(self, metrics: dict[str, Any], improved: bool) -> None:
+    def save_epoch(self, metrics: dict[str, Any], improved: bool, keep: bool = False) -> None:
+        """``keep``: write ``epoch-NNN.pt`` whatever ``save_every`` says (it is dissected)."""
         c = self.config
         checkpoint = self.checkpoint(metrics)
-        if self.epoch == 0 or self.epoch % c.save_every == 0 or self.epoch == c.epochs:
+        if self.epoch == 0 or self.epoch % c.save_every == 0 or self.epoch == c.epochs or keep:
             save_checkpoint(self.out / f"epoch-{self.epoch:03d}.pt", checkpoint)
         if improved:
             save_checkpoint(self.out / "best.pt", checkpoint)
@@ -316,6 +368,48 @@ class _Run:
         self.last_good = (self.out / "last.pt", self.epoch)
         lines = "".join(json.dumps(h, allow_nan=False) + "\n" for h in self.history)
         write_text(self.out / "metrics.jsonl", lines)
+
+    # -- monitoring -------------------------------------------------------------------------
+    def step(self, epoch: int, batch: int | None = None) -> int:
+        """The TensorBoard x axis: optimisation steps, ``batch`` (from 0) of ``epoch`` (from 1),
+        or the end of ``epoch`` when ``batch`` is None."""
+        if batch is None:
+            return epoch * len(self.train_loader)
+        return (epoch - 1) * len(self.train_loader) + batch + 1
+
+    def open_tensorboard(self, resumed: bool) -> None:
+        if self.config.tensorboard is not None:
+            # Resumed: what a killed process logged after last.pt is purged, then appended to.
+            self.tensorboard = TensorBoardLog(self.out / self.config.tensorboard,
+                                              purge_step=self.step(self.epoch) + 1 if resumed else None)
+
+    def dissection_due(self, final: bool) -> bool:
+        every = self.config.dissect_every
+        return every > 0 and (self.epoch % every == 0 or final)
+
+    def quick_dissection(self) -> None:
+        c = self.config
+        assert self.dissect_layer is not None
+        total, per_concept = quick_dissect(
+            self.out / f"epoch-{self.epoch:03d}.pt", self.dissect_layer, run_dir=self.out,
+            concepts=c.dissect_concepts, images=c.dissect_images, data_roots=c.data_roots,
+            seed=c.seed, device=self.device, image_cache=c.image_cache)
+        if self.tensorboard is not None:
+            self.tensorboard.dissection(self.step(self.epoch), total, per_concept)
+        found = ", ".join(f"{concept} {n}" for concept, n in
+                          sorted(per_concept.items(), key=lambda item: -item[1]) if n)
+        folder = result_folder(self.out, self.epoch, self.dissect_layer)
+        self.note(f"quick dissection of epoch {self.epoch} at {self.dissect_layer}: {total} "
+                  f"detector(s){f' ({found})' if found else ''}; {folder}")
+        self.progress("dissection", epoch=self.epoch, layer=self.dissect_layer, detectors=total,
+                      per_concept=per_concept, folder=str(folder))
+
+    def dissection_missing(self) -> bool:
+        """On resume: the due dissection of the checkpoint resumed from was not finished."""
+        due = self.dissection_due(final=self.epoch == self.config.epochs)
+        return due and self.dissect_layer is not None \
+            and (self.out / f"epoch-{self.epoch:03d}.pt").is_file() \
+            and not (result_folder(self.out, self.epoch, self.dissect_layer) / "dissection.json").is_file()
 
     # -- the loop ---------------------------------------------------------------------------
     def train_epoch(self) -> float:
@@ -338,6 +432,8 @@ class _Run:
                 raise self.diverged(f"loss became {loss.item()} at epoch {self.epoch}, batch {index}")
             if self.initial_loss is None:
                 self.initial_loss = loss.item()
+            if self.tensorboard is not None:
+                self.tensorboard.batch(self.step(self.epoch, index), loss.item())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -381,11 +477,23 @@ class _Run:
         return value > self.best_value if self.metric_mode == "max" else value < self.best_value
 
     def run(self, resumed: bool) -> TrainResult:
+        self.open_tensorboard(resumed)
+        try:
+            return self.loop(resumed)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def loop(self, resumed: bool) -> TrainResult:
         c = self.config
         if not resumed:
             self.history = []
             self.check_finite_weights()
             self.save_epoch({}, improved=False)  # epoch-000.pt: the initial model
+            if self.dissection_due(final=False):
+                self.quick_dissection()
+        elif self.dissection_missing():
+            self.quick_dissection()
         stopped_early = False
         while self.epoch < c.epochs:
             self.epoch += 1
@@ -416,11 +524,17 @@ class _Run:
             record = {"epoch": self.epoch, "train_loss": train_loss,
                       "lr": self.optimizer.param_groups[0]["lr"], **metrics}
             self.history.append(_finite(record))
-            self.save_epoch(_finite(metrics), improved=better)
+            stop = self.bad_epochs >= c.patience and self.epoch < c.epochs
+            dissect = self.dissection_due(final=stop or self.epoch == c.epochs)
+            if self.tensorboard is not None:  # before the checkpoint: a resume purges it if lost
+                self.tensorboard.epoch(self.step(self.epoch), self.history[-1])
+            self.save_epoch(_finite(metrics), improved=better, keep=dissect)
             self.progress("epoch_end", epoch=self.epoch, metrics=record,
                           metric=(self.metric_name, float("nan") if value is None else value),
                           best=better)
-            if self.bad_epochs >= c.patience and self.epoch < c.epochs:
+            if dissect:
+                self.quick_dissection()
+            if stop:
                 self.note(f"early stop after epoch {self.epoch}: no better {self.metric_name} "
                           f"for {c.patience} epochs")
                 stopped_early = True
@@ -435,17 +549,30 @@ def _finite(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
+def _recorded_tensorboard(folder: Path) -> str | None:
+    """The TensorBoard folder the run in ``folder`` recorded in its config.toml, if any."""
+    try:
+        value = tomllib.loads((folder / "config.toml").read_text()).get("train", {}).get("tensorboard")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _run_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """(files of a run, temporaries of its killed atomic writes, anything else) in ``folder``."""
+    """(files and folders of a run, temporaries of its killed atomic writes, anything else) in
+    ``folder``."""
     temporaries = stale_temporaries(folder, lambda target: bool(_RUN_FILE.match(target)))
+    own_folders = {QUICK_DISSECT_DIR: "quick-dissect"}
+    tensorboard = _recorded_tensorboard(folder)
+    if tensorboard is not None:
+        own_folders[tensorboard] = "tensorboard"
     own, foreign = [], []
     for path in sorted(folder.iterdir()):
         if path.name == RUN_LOCK or path in temporaries:  # the folder's owner; leftovers
             continue
-        if path.is_file() and not path.is_symlink() and _RUN_FILE.match(path.name):
-            own.append(path)
-        else:
-            foreign.append(path)
+        run_file = path.is_file() and not path.is_symlink() and _RUN_FILE.match(path.name)
+        run_folder = path.name in own_folders and is_own_folder(path, own_folders[path.name])
+        (own if run_file or run_folder else foreign).append(path)
     return own, temporaries, foreign
 
 
@@ -474,7 +601,10 @@ def _run_lock(out: Path) -> FolderLock:
 
 def _remove(paths: list[Path]) -> None:
     for path in paths:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():  # the run's own folders (_run_files)
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _guarded(run: _Run, body: Callable[[], TrainResult]) -> TrainResult:
@@ -524,8 +654,6 @@ def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = 
     the new total); ``device`` may move it; nothing else may change, so the result is the one an
     uninterrupted run would have given.
     """
-    import tomllib
-
     run_dir = Path(run_dir)
     config_path = run_dir / "config.toml"
     if not config_path.is_file() or not (run_dir / "last.pt").is_file():
@@ -547,6 +675,7 @@ def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = 
     config.validate()
     _, temporaries, _ = _run_files(run_dir)
     _remove(temporaries)
+    shutil.rmtree(run_dir / QUICK_DISSECT_DIR / ".cache", ignore_errors=True)  # of a killed dissection
     run = _Run(config, progress)
 
     def body() -> TrainResult:
