@@ -171,3 +171,28 @@ def test_library_mistakes_with_checkpoints_are_cxrsem_errors():
                            normalization={"mean": [0.5], "std": [0.25]})
     with pytest.raises(CheckpointError, match="arch kwargs must not hold in_channels"):
         build_model({**good, "arch": {"name": "densenet-mini", "kwargs": {"in_channels": 3}}})
+
+
+def test_a_three_channel_model_dissects_and_attributes_like_its_grey_twin():
+    torch.manual_seed(7)
+    rgb = create_architecture("densenet-mini", num_outputs=3, in_channels=3).eval()
+    grey = create_architecture("densenet-mini", num_outputs=3, in_channels=1).eval()
+    state = rgb.state_dict()
+    stem = next(k for k, v in state.items() if v.dim() == 4)  # the first convolution's weight
+    grey.load_state_dict({**state, stem: state[stem].sum(dim=1, keepdim=True)})
+    norm = {"mean": [0.5], "std": [0.25]}
+    spec = dict(concept_options={"phantom": {"n_images": IMAGES}},
+                settings=DissectSettings(**SETTINGS), device="cpu")
+    a = cxrsem.dissect(module_checkpoint(rgb, image_size=32, normalization=norm), "denseblock4",
+                       **spec)
+    b = cxrsem.dissect(module_checkpoint(grey, image_size=32, normalization=norm), "denseblock4",
+                       **spec)
+    assert a.checkpoint["input"]["channels"] == 3 and b.checkpoint["input"]["channels"] == 1
+    assert np.allclose(a.layers[0].thresholds, b.layers[0].thresholds, rtol=1e-4, atol=1e-5)
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    ra = cxrsem.attribute(images, module_checkpoint(rgb, image_size=32, normalization=norm),
+                          "denseblock4", steps=8, device="cpu")
+    rb = cxrsem.attribute(images, module_checkpoint(grey, image_size=32, normalization=norm),
+                          "denseblock4", steps=8, device="cpu")
+    for x, y in zip(ra, rb, strict=True):
+        assert np.allclose(x.data["units"], y.data["units"], rtol=1e-3, atol=1e-6)

@@ -190,6 +190,16 @@ class LayerDissection:
         value = self.iou[np.arange(len(index)), index] if self.iou.size else np.zeros(len(index))
         return index, value
 
+    def detectors(self, threshold: float = DEFAULT_IOU_THRESHOLD) -> dict[str, list[int]]:
+        """Concept -> the units detecting it (best concept's IoU > ``threshold``, Eq. 5's rule),
+        concepts in channel order, only those with a detector."""
+        index, value = self.best
+        found: dict[str, list[int]] = {}
+        for unit, (c, v) in enumerate(zip(index.tolist(), value.tolist(), strict=True)):
+            if is_detector(v, threshold):
+                found.setdefault(self.concepts[c], []).append(unit)
+        return {c: found[c] for c in self.concepts if c in found}
+
 
 @dataclass
 class ModelDissection:
