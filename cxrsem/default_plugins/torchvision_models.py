@@ -68,7 +68,7 @@ def set_input_channels(model: nn.Module, channels: int) -> nn.Module:
     return model
 
 
-def build_torchvision(*, num_outputs: int, in_channels: int = 3, model: str = "") -> nn.Module:
+def build_torchvision(*, num_outputs: int, in_channels: int = 3, model: str = "resnet18") -> nn.Module:
     """torchvision model ``model`` with ``num_outputs`` classes and ``in_channels`` inputs, random
     weights (``weights=None``: never a download)."""
     import torchvision
@@ -94,7 +94,7 @@ def import_timm():
         raise UsageError("timm models need timm: pip install 'cxrsem[timm]'") from None
 
 
-def build_timm(*, num_outputs: int, in_channels: int = 3, model: str = "") -> nn.Module:
+def build_timm(*, num_outputs: int, in_channels: int = 3, model: str = "resnet18") -> nn.Module:
     """timm model ``model`` (``pretrained=False``: never a download)."""
     timm = import_timm()
     name = model
@@ -239,7 +239,7 @@ def timm_checkpoint(*, spec: str, **options: Any) -> dict[str, Any]:
 
 @hookimpl
 def register_architectures(register) -> None:
-    name = Option("model", str, "", "the library's model name (e.g. densenet121, vit_b_16)")
+    name = Option("model", str, "resnet18", "the library's model name (e.g. densenet121, vit_b_16)")
     register(ArchitectureInfo(name="torchvision", factory=build_torchvision, options=(name,),
                               description="any torchvision classification model, random init "
                                           "(--model torchvision:NAME --weights FILE)"))
