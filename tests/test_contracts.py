@@ -29,7 +29,9 @@ def names(kind: str) -> list[str]:
 # fixture here when adding a component that reads files.
 ROOT_FIXTURES = {"nih": "nih_root", "nih-bbox": "nih_root", "chexpert": "chexpert_root",
                  "brixia": "brixia_root", "brixia-cohen": "cohen_root", "covid-seg": "covid_root",
-                 "csv-folder": "csv_folder_root", "mask-folder": "mask_folder_root"}
+                 "csv-folder": "csv_folder_root", "mask-folder": "mask_folder_root",
+                 **{name: "xrv_roots" for name in ("xrv-nih", "xrv-chexpert", "xrv-padchest",
+                                                   "xrv-rsna", "xrv-nih-bbox", "xrv-rsna-bbox")}}
 # Datasets configured by options rather than a root.
 OPTION_FIXTURES = {"weak": {"nih_root": "nih_root"}}
 
@@ -43,13 +45,21 @@ def _data(request, kind: str, name: str) -> tuple[dict, dict]:
         return {}, options
     if name not in ROOT_FIXTURES:
         pytest.skip(f"no sample data known for {name!r}; add a fixture to tests/test_contracts.py")
-    return {name: request.getfixturevalue(ROOT_FIXTURES[name])}, options
+    root = request.getfixturevalue(ROOT_FIXTURES[name])
+    return {name: root[name] if isinstance(root, dict) else root}, options
 
 
 @pytest.fixture(scope="session")
 def example_roots(tmp_path_factory):
     demo = pytest.importorskip("cxrsem_example.demo", reason="the cxrsem-example plugin is not installed")
     return demo.write_demo(tmp_path_factory.mktemp("example"), images=8, size=32)
+
+
+@pytest.fixture(scope="session")
+def xrv_roots(tmp_path_factory):
+    """One folder per xrv dataset in its real layout (the cxrsem-xrv plugin's sample data)."""
+    sample = pytest.importorskip("cxrsem_xrv.sample_data", reason="the cxrsem-xrv plugin is not installed")
+    return sample.write_sample_data(tmp_path_factory.mktemp("xrv"))
 
 
 @pytest.fixture(scope="session")
