@@ -17,13 +17,16 @@ from cxrsem.engine.tokens import TokenLayout, token_layout
 from cxrsem.errors import UsageError
 from cxrsem.modules import module_checkpoint
 
-LAYER = "encoder.layers.encoder_layer_1"
+LAYER = "encoder.layers.encoder_layer_0"  # the last block's patch tokens never reach the head
+LAST = "encoder.layers.encoder_layer_1"
 
 
 def tiny_vit(seed: int = 0) -> VisionTransformer:
     torch.manual_seed(seed)
-    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
-                             mlp_dim=32, num_classes=3).eval()
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                            mlp_dim=32, num_classes=3).eval()
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.5)  # torchvision starts it at zero
+    return vit
 
 
 def test_token_layouts():
@@ -62,22 +65,59 @@ def test_the_encoder_layers_are_valid_layers_and_capture_gives_the_patch_grid():
     assert torch.equal(captured[:, :, 0, 1], tokens["t"][:, 1 + 1, :])  # token 2 = patch (0, 1)
 
 
+def reference_ig(vit, x, layer, target, steps):
+    """Eq. 6 by hand at a token layer: a forward hook puts the class token back in front of
+    alpha * the patch tokens; the gradients at the Gauss-Legendre nodes, weighted, times A."""
+    from cxrsem.attribution.quadrature import nodes_weights
+
+    module = dict(vit.named_modules())[layer]
+    seen = {}
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.setdefault("t", out.detach()))
+    with torch.no_grad():
+        vit(x)
+    handle.remove()
+    tokens = seen["t"]
+    patches, total = tokens[:, 1:], torch.zeros_like(tokens[:, 1:])
+    for alpha, weight in zip(*nodes_weights("gausslegendre", steps), strict=True):
+        scaled = (alpha * patches).requires_grad_(True)
+        handle = module.register_forward_hook(
+            lambda _m, _i, out, scaled=scaled: torch.cat([out[:, :1], scaled], 1))
+        try:
+            (grad,) = torch.autograd.grad(vit(x)[:, target].sum(), scaled)
+        finally:
+            handle.remove()
+        total += weight * grad
+    s = patches * total                                   # [B, 16 patches, D]
+    return s.transpose(1, 2).reshape(x.shape[0], -1, 4, 4)
+
+
 @pytest.mark.parametrize("mode", ["auto", "hook"])
-def test_ig_at_a_token_layer_keeps_the_class_token_and_completes(mode):
+def test_ig_at_a_token_layer_keeps_the_class_token_and_matches_a_hand_computation(mode):
     vit = tiny_vit(1)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     split = split_at(vit, LAYER, x[:1], mode=mode)
     assert split.activation_shape == (16, 4, 4)
-    result = layer_integrated_gradients(vit, LAYER, x, 0, steps=64, split=split)
+    result = layer_integrated_gradients(vit, LAYER, x, 0, steps=16, split=split)
     assert result.attributions.shape == (2, 16, 4, 4)
-    # Completeness against the baseline the split defines: patch tokens zero, class token kept.
+    expected = reference_ig(vit, x, LAYER, 0, 16)
+    assert expected.abs().max() > 1e-4                    # the test is not about zeros
+    assert torch.allclose(result.attributions, expected, rtol=1e-4, atol=1e-6)
     a, extras = split.head(x)
     with torch.no_grad():
         f_a = split.tail(a, split.rows(extras, torch.arange(2), 2))[:, 0]
-        f_0 = split.tail(torch.zeros_like(a), split.rows(extras, torch.arange(2), 2))[:, 0]
-        assert torch.allclose(f_a, vit(x)[:, 0], atol=1e-5)
-    total = result.attributions.flatten(1).sum(1)
-    assert torch.allclose(total, f_a - f_0, rtol=1e-3, atol=1e-4)
+    assert torch.allclose(f_a, vit(x)[:, 0], atol=1e-5)
+
+
+def test_the_last_block_of_a_class_token_vit_never_reaches_the_head():
+    # Its patch tokens are not read after the final LayerNorm: every attribution is exactly zero,
+    # which is why the default layer of such a model is the block before (torchvision_models).
+    from cxrsem.default_plugins.torchvision_models import default_layer
+
+    vit = tiny_vit(1)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = layer_integrated_gradients(vit, LAST, x, 0, steps=8)
+    assert torch.count_nonzero(result.attributions) == 0
+    assert default_layer(vit) == LAYER
 
 
 def test_dissect_and_attribute_a_vit_end_to_end():

@@ -105,10 +105,18 @@ def build_timm(*, num_outputs: int, in_channels: int = 3, model: str = "resnet18
         raise UsageError(f"timm model {name!r}: {exc}") from None
 
 
+def _reads_the_class_token(model: nn.Module) -> bool:
+    """The head sees only the class token (torchvision ViT; timm with ``global_pool="token"``)."""
+    return (isinstance(getattr(model, "class_token", None), torch.Tensor)
+            or getattr(model, "global_pool", None) == "token")
+
+
 def default_layer(model: nn.Module) -> str | None:
     """The layer commands read when none is named: a DenseNet's last dense block, a ResNet's last
-    stage, a vision transformer's last encoder block, else the last child of ``features`` (VGG,
-    EfficientNet, MobileNet, ConvNeXt)."""
+    stage, a vision transformer's last encoder block -- or the one before it when the head reads
+    only the class token (the last block's patch tokens then never reach the output, so every
+    attribution there is zero) --, else the last child of ``features`` (VGG, EfficientNet,
+    MobileNet, ConvNeXt)."""
     names = dict(model.named_modules())
     if "features.denseblock4" in names:
         return "features.denseblock4"
@@ -118,7 +126,8 @@ def default_layer(model: nn.Module) -> str | None:
         if blocks in names:
             children = list(names[blocks].named_children())
             if children:
-                return f"{blocks}.{children[-1][0]}"
+                last = -2 if _reads_the_class_token(model) and len(children) > 1 else -1
+                return f"{blocks}.{children[last][0]}"
     if "features" in names:
         children = list(names["features"].named_children())
         if children:
