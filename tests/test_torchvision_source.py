@@ -133,3 +133,20 @@ def test_the_cli_dissects_a_torchvision_model_with_its_weights_as_typed(resnet_w
     code, _, err = run_cli(["dissect", "--model", "torchvision:resnet18", "--weights", "nope.pt",
                             "--quiet"], capsys)
     assert code != 0 and "nope.pt not found" in err and "Traceback" not in err
+
+
+def test_attribute_records_the_model_source_options_in_its_config(resnet_weights, tmp_path, capsys):
+    import tomllib
+
+    net, tmp = resnet_weights
+    torch.save(net.state_dict(), tmp / "w.pt")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(tmp / "x.png")
+    code, _, err = run_cli(["attribute", tmp / "x.png", "--model", "torchvision:resnet18",
+                            "--weights", tmp / "w.pt", "--input-size", 64, "--steps", 4,
+                            "--out", tmp_path / "a"], capsys)
+    assert code == 0, err
+    config = tomllib.loads((tmp_path / "a" / "config.toml").read_text())["attribute"]
+    assert config["weights"] == str(tmp / "w.pt") and config["input_size"] == 64
+    assert config["layer"] == "layer4"

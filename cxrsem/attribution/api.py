@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,7 @@ class _Model:
     dtype: torch.dtype
     split: Split
     sha256: str
+    source_options: dict[str, Any] = field(default_factory=dict)  # of a model source (--weights)
 
     @property
     def num_units(self) -> int:
@@ -169,7 +170,7 @@ def _load_model(checkpoint: str | Path | Mapping[str, Any] | nn.Module, layer: s
     split_model = split_at(model, full_layer, normalize(example.to(dev), spec.normalization),
                            mode=split)
     return _Model(ckpt, model_path, kind, outputs, spec, full_layer, dev, torch_dtype, split_model,
-                  state_dict_sha256(ckpt["state_dict"])), target_spec
+                  state_dict_sha256(ckpt["state_dict"]), dict(model_options or {})), target_spec
 
 
 def _write_run_config(out_dir: Path, inputs: Inputs, model: _Model, method: _Method,
@@ -183,6 +184,7 @@ def _write_run_config(out_dir: Path, inputs: Inputs, model: _Model, method: _Met
         "target": None if target is None else str(target), "top_k": top_k,
         "method": method.name, **shortcuts,
         "method_opt": [f"{k}={v}" for k, v in options.items()] or None,
+        **model.source_options,  # --weights, --num-outputs, ...: the same keys as the options
         "device": str(model.device), "batch_size": batch_size, "out": str(out_dir)}})
     write_manifest(out_dir, device=str(model.device), extra={"split_path": model.split.path,
                                                              "split_reason": model.split.reason})
