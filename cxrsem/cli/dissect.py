@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -37,6 +38,7 @@ from cxrsem.cli._options import (
 from cxrsem.cli._progress import PhaseProgress
 from cxrsem.defaults import default_out, model_run_name
 from cxrsem.dissection import DissectSettings, dissect, null_settings
+from cxrsem.engine import distributed
 from cxrsem.formats.dissection import is_detector
 from cxrsem.options import parse_assignments
 
@@ -110,13 +112,17 @@ def dissect_command(
         sensitivity=sensitivity, fdr=fdr, iou_over=iou_over, merge_concepts=merge_concepts,
         **null_settings(null or [], null_permutations))
     out = out or default_out("dissect", model_run_name(model))
-    with PhaseProgress(quiet=quiet) as progress:
+    # Under torchrun only rank 0 shows progress and the tables (the others run silently).
+    main_rank = distributed.launched_rank() == 0
+    with PhaseProgress(quiet=quiet) if main_rank else nullcontext() as progress:
         results = dissect(
             model, layer, out=out, concepts=concepts, model_options=sources,
             concept_options=concept_options(from_file, concept_opt),
             concept_map=parse_assignments(concept_map or [], "--map-concept"),
             data_roots=data_roots(from_file, data_root), settings=settings, device=device,
             seed=seed, figures=not no_figures, image_cache=image_cache, progress=progress)
+    if not main_rank:
+        return
     console = Console()
     for result in results:
         for result_layer in result.layers:

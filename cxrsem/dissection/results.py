@@ -89,6 +89,8 @@ def _write_set(folder: Path, result, layer, settings, *, concepts: Sequence[str]
         "limit": settings.limit, "batch_size": settings.batch_size, "seed": seed,
         "bootstrap": settings.bootstrap, "group_by": settings.group_by,
         "confidence": settings.confidence, "sensitivity": settings.sensitivity}})
-    write_manifest(folder, seed=seed, device=device)
+    # Under torchrun: {"world_size", "backend", "shards"} of the run (None on one process).
+    shared = getattr(result, "distributed", None)
+    write_manifest(folder, seed=seed, device=device, extra={"distributed": shared} if shared else None)
     record["files"] = folder_files(folder)  # what belongs to this result, dissection.json aside
     write_record(folder, record)  # last: its presence means the folder is complete

@@ -54,6 +54,7 @@ from cxrsem.dissection.results import (
 )
 from cxrsem.dissection.tally import IoUTally
 from cxrsem.dissection.topimages import TOP_IMAGES, TopImages
+from cxrsem.engine import distributed
 from cxrsem.engine.device import resolve_device
 from cxrsem.engine.layers import resolve_layers
 from cxrsem.engine.preprocess import InputSpec
@@ -212,6 +213,9 @@ class ModelDissection:
     layers: list[LayerDissection] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cache_reused: bool = False
+    # Under torchrun: {"world_size", "backend"} (written to the manifest); None on one process.
+    distributed: dict[str, Any] | None = None
+    top_maps: dict[str, dict[tuple[int, int], np.ndarray]] = field(default_factory=dict)
 
 
 def expand_models(patterns: Sequence[str | Path]) -> list[Path]:
@@ -231,27 +235,28 @@ def expand_models(patterns: Sequence[str | Path]) -> list[Path]:
 
 def _forward_into_cache(model: torch.nn.Module, layers: list[str], source: ConceptSource,
                         cache: DissectionCache, settings: DissectSettings, device: torch.device,
-                        spec: InputSpec, progress: Progress, model_name: str = "the model"
-                        ) -> dict[str, Any]:
+                        spec: InputSpec, progress: Progress, model_name: str = "the model",
+                        shard: range | None = None) -> dict[str, Any]:
     """Pass 1: one forward pass per image, every layer captured into the cache with the masks;
-    the entry replaces the old one only when complete."""
+    the entry replaces the old one only when complete.  ``shard``: only these images (this
+    rank's under torchrun; default all), cached in their order."""
     with cache.writing() as folder:
         return _forward_into(folder, model, layers, source, cache, settings, device, spec,
-                             progress, model_name)
+                             progress, model_name, shard or range(len(source)))
 
 
 def _forward_into(folder: Path, model: torch.nn.Module, layers: list[str], source: ConceptSource,
                   cache: DissectionCache, settings: DissectSettings, device: torch.device,
-                  spec: InputSpec, progress: Progress, model_name: str) -> dict[str, Any]:
-    count = len(source)
+                  spec: InputSpec, progress: Progress, model_name: str, shard: range) -> dict[str, Any]:
+    count = len(shard)
     stores: dict[str, Any] = {}
     masks_store = cache.mask_store((len(source.concepts), settings.seg_size, settings.seg_size),
                                    folder)
     done = 0
     activation_min = {layer: float("inf") for layer in layers}
     progress("phase", name="forward", total=count)
-    batches = (source.batch(list(range(start, min(start + settings.batch_size, count))))
-               for start in range(0, count, settings.batch_size))
+    batches = (source.batch(list(range(start, min(start + settings.batch_size, shard.stop))))
+               for start in range(shard.start, shard.stop, settings.batch_size))
     try:
         with closing(run_model(model, spec, batches, device=device, layers=layers)) as passes:
             for step in passes:
@@ -261,8 +266,8 @@ def _forward_into(folder: Path, model: torch.nn.Module, layers: list[str], sourc
                     if not bool(torch.isfinite(output).all()):
                         raise DataError(
                             f"layer {layer!r} of {model_name} gives non-finite activations (NaN "
-                            f"or inf) on images {done}..{done + n - 1}; check the checkpoint's "
-                            f"weights and the images")
+                            f"or inf) on images {shard.start + done}..{shard.start + done + n - 1}; "
+                            f"check the checkpoint's weights and the images")
                     if layer not in stores:
                         stores[layer] = cache.layer_store(layer, tuple(output.shape[1:]),
                                                           settings.cache_dtype, folder)
@@ -283,15 +288,52 @@ def _forward_into(folder: Path, model: torch.nn.Module, layers: list[str], sourc
 
 def _thresholds(store, count: int, quantile: float, batch_size: int, device: torch.device,
                 grid: Sequence[float] = (), rotated: RotatedBases | None = None,
-                paper_count: int = 0) -> tuple[np.ndarray, dict[float, np.ndarray], np.ndarray | None]:
+                paper_count: int = 0, totals: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, dict[float, np.ndarray], np.ndarray | None]:
     """Pass 2: exact per-unit quantile over the first ``count`` images' activations, and the
     thresholds of every quantile of ``grid`` from the same stream (kept for the largest); the
     rotated bases' thresholds (over the same images); with ``paper_count``, also the paper's
-    thresholds (``DEFAULT_QUANTILE`` over the first ``paper_count`` images), from the same read."""
+    thresholds (``DEFAULT_QUANTILE`` over the first ``paper_count`` images), from the same read.
+
+    ``totals`` (under torchrun): the whole dataset's ``(count, paper_count)``, of which this rank's
+    store holds the given ones.  Every rank's streams are then made for the whole ``n`` (so they
+    keep the whole's ``keep`` largest values) and merged over the ranks before any threshold is
+    taken: the merge of the parts' kept values equals one pass's, bit for bit (quantile.py)."""
     units, h, w = store.record_shape
-    stream = StreamingTopQuantile(units, count * h * w, max((quantile, *grid)), device=device)
-    paper = (StreamingTopQuantile(units, paper_count * h * w, DEFAULT_QUANTILE, device=device)
-             if paper_count else None)
+    whole, paper_whole = totals or (count, paper_count)
+    stream = StreamingTopQuantile(units, whole * h * w, max((quantile, *grid)), device=device)
+    paper = (StreamingTopQuantile(units, paper_whole * h * w, DEFAULT_QUANTILE, device=device)
+             if paper_whole else None)
+    with distributed.step("thresholds"):
+        _stream_thresholds(store, count, batch_size, device, stream, rotated, paper, paper_count)
+    if totals is not None:
+        stream = _merged_over_ranks(stream, device)
+        paper = _merged_over_ranks(paper, device) if paper is not None else None
+    paper_thresholds = paper.thresholds() if paper is not None else None
+    if not grid:
+        return stream.thresholds(), {}, paper_thresholds
+    return (stream.threshold_at(quantile), {q: stream.threshold_at(q) for q in grid},
+            paper_thresholds)
+
+
+def _merged_over_ranks(statistic, device: torch.device | None = None):
+    """Every rank's ``statistic`` merged in rank order (the same object on every rank): its
+    state_dicts are gathered and restored (:class:`~cxrsem.statistics.StreamingStatistic`)."""
+    kind = type(statistic)
+    states = distributed.all_gather(statistic.state_dict())
+    if device is not None:
+        states = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+                  for state in states]
+    merged = kind.from_state_dict(states[0])
+    for state in states[1:]:
+        merged.merge(kind.from_state_dict(state))
+    return merged
+
+
+def _stream_thresholds(store, count: int, batch_size: int, device: torch.device,
+                       stream: StreamingTopQuantile, rotated: RotatedBases | None,
+                       paper: StreamingTopQuantile | None, paper_count: int) -> None:
+    units = store.record_shape[0]
     for start, records in store.batches(batch_size, max(count, paper_count)):
         values = torch.from_numpy(records.astype(np.float32)).to(device)
         sampled = values[:max(0, count - start)]
@@ -301,11 +343,6 @@ def _thresholds(store, count: int, quantile: float, batch_size: int, device: tor
                 rotated.update_thresholds(sampled)
         if paper is not None:
             paper.update(values[:paper_count - start].permute(1, 0, 2, 3).reshape(units, -1))
-    paper_thresholds = paper.thresholds() if paper is not None else None
-    if not grid:
-        return stream.thresholds(), {}, paper_thresholds
-    return (stream.threshold_at(quantile), {q: stream.threshold_at(q) for q in grid},
-            paper_thresholds)
 
 
 @dataclass
@@ -321,10 +358,19 @@ class _TallyExtras:
 
 def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
            settings: DissectSettings, device: torch.device, progress: Progress,
-           extras: _TallyExtras):
+           extras: _TallyExtras, offset: int = 0):
     """Pass 3: IoU sums (Eq. 5) and the top-activating images of every unit, and every extra
     statistic of ``extras`` from the same read of the cache (the shuffled null reuses the main
-    tally's upsampled masks)."""
+    tally's upsampled masks).  ``offset``: the dataset index of the store's first image (its
+    shard's start under torchrun), so that tallies and top images number images globally."""
+    tally, top = _tally_parts(store, masks_store, thresholds, concepts, count, settings, device,
+                              progress, extras, offset)
+    return tally, top.images.cpu().numpy(), top.values.cpu().numpy()
+
+
+def _tally_parts(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
+                 settings: DissectSettings, device: torch.device, progress: Progress,
+                 extras: _TallyExtras, offset: int = 0) -> tuple[IoUTally, TopImages]:
     units = store.record_shape[0]
     tally = IoUTally.zeros(units, concepts, device=device)
     thresholds_t = torch.from_numpy(thresholds).to(device)
@@ -333,6 +379,7 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
     mask_batches = masks_store.batches(settings.batch_size, count)
     for (start, records), (_, packed) in zip(store.batches(settings.batch_size, count),
                                              mask_batches, strict=True):
+        start += offset
         activations = torch.from_numpy(records.astype(np.float32)).to(device)
         raw_labels = torch.from_numpy(masks_store.unpack(packed)).to(device)
         labels = merge_concepts(raw_labels) if settings.merge_concepts else raw_labels
@@ -351,7 +398,7 @@ def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int
         top.update(activations.amax(dim=(2, 3)),
                    torch.arange(start, start + activations.shape[0], device=device))
         progress("advance", amount=activations.shape[0])
-    return tally, top.images.cpu().numpy(), top.values.cpu().numpy()
+    return tally, top
 
 
 def merge_concepts(labels: torch.Tensor) -> torch.Tensor:
@@ -383,7 +430,56 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
     """One model's dissection.  ``lock_layers(layers)`` is called with the resolved layer names
     before any expensive work (to lock their result folders); the cache entry's lock is entered
     on ``locks`` (held until the caller has written the figures, which read the cache).
-    ``checkpoint``: the checkpoint itself (a random-init null), instead of reading ``model_path``."""
+    ``checkpoint``: the checkpoint itself (a random-init null), instead of reading ``model_path``.
+
+    Under torchrun every rank calls this with the same arguments (``cache_root`` its own): each
+    forwards and caches only its shard of the images (:func:`distributed.shard`), and the
+    statistics are merged over the ranks, so every rank returns the whole dataset's result."""
+    with distributed.step("loading the model and the concept sets"):
+        prepared = _prepare_model(model_path, layer_names, source_factory, settings, device,
+                                  cache_root, locks, lock_layers, checkpoint)
+    checkpoint, model, spec, layers, source, sha, cache = prepared
+    shard = _shard(len(source), settings)
+    mask_shape = (len(source.concepts), settings.seg_size, settings.seg_size)
+    use_cache = settings.use_cache
+    while True:
+        started = time.perf_counter()
+        with distributed.step("forward pass"):
+            reused = use_cache and cache.is_complete()
+            if reused:
+                info = cache.meta()
+                problem = cache.problem(info, mask_shape)
+                if problem is not None:
+                    _damaged(cache, problem)
+                    reused = False
+                else:
+                    progress("note", message=f"reusing the activation cache {cache.dir}")
+            if not reused:
+                info = _forward_into_cache(model, layers, source, cache, settings, device, spec,
+                                           progress, model_name=str(model_path), shard=shard)
+        result = ModelDissection(model_path, sha, checkpoint, source, cache, info["dtype"],
+                                 cache_reused=reused)
+        if distributed.active():
+            result.distributed = {"world_size": distributed.world_size(),
+                                  "backend": distributed.backend(), "shards": "contiguous"}
+        result.timings["forward_and_cache"] = time.perf_counter() - started
+        try:
+            _dissect_layers(result, layers, info, source, settings, device, mask_shape, progress)
+        except DamagedCache as exc:
+            # (Under torchrun a damaged entry surfaces as distributed.RankFailed on every rank.)
+            if not reused:  # just written and checked: the disk lies
+                raise DataError(f"the activation cache {cache.dir} was damaged while it was "
+                                f"read ({exc})") from None
+            _damaged(cache, str(exc))
+            use_cache = False
+            continue
+        return result
+
+
+def _prepare_model(model_path, layer_names, source_factory, settings, device, cache_root, locks,
+                   lock_layers, checkpoint):
+    """Load and build the model, resolve its layers, lock, build the concept source and find the
+    cache entry (everything of :func:`dissect_model` before its forward pass)."""
     checkpoint = checkpoint if checkpoint is not None else load_model(str(model_path))
     model = build_model(checkpoint, source=model_path).to(device)
     spec = InputSpec.from_checkpoint(checkpoint)
@@ -402,40 +498,27 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
                    # The same weights fed another way give other activations.
                    "input": {"channels": spec.channels,
                              "normalization": {k: list(v) for k, v in spec.normalization.items()}}}
+    if distributed.active():
+        if len(source) <= (distributed.world_size() - 1) * settings.batch_size:
+            raise UsageError(f"{len(source)} images in batches of {settings.batch_size} leave a "
+                             f"process of {distributed.world_size()} without images: lower "
+                             f"--batch-size or start fewer (torchrun --nproc-per-node)")
+        # This rank's cache entry holds only its shard: another split must not reuse it.
+        shard = _shard(len(source), settings)
+        description["shard"] = {"start": shard.start, "stop": shard.stop,
+                                "world_size": distributed.world_size()}
     cache = DissectionCache(cache_root, cache_key(description), description)
     if locks is not None:
         locks.enter_context(cache.lock())
         cache.recover()
         sweep(cache_root)
-    mask_shape = (len(source.concepts), settings.seg_size, settings.seg_size)
-    use_cache = settings.use_cache
-    while True:
-        started = time.perf_counter()
-        reused = use_cache and cache.is_complete()
-        if reused:
-            info = cache.meta()
-            problem = cache.problem(info, mask_shape)
-            if problem is not None:
-                _damaged(cache, problem)
-                reused = False
-            else:
-                progress("note", message=f"reusing the activation cache {cache.dir}")
-        if not reused:
-            info = _forward_into_cache(model, layers, source, cache, settings, device, spec,
-                                       progress, model_name=str(model_path))
-        result = ModelDissection(model_path, sha, checkpoint, source, cache, info["dtype"],
-                                 cache_reused=reused)
-        result.timings["forward_and_cache"] = time.perf_counter() - started
-        try:
-            _dissect_layers(result, layers, info, source, settings, device, mask_shape, progress)
-        except DamagedCache as exc:
-            if not reused:  # just written and checked: the disk lies
-                raise DataError(f"the activation cache {cache.dir} was damaged while it was "
-                                f"read ({exc})") from None
-            _damaged(cache, str(exc))
-            use_cache = False
-            continue
-        return result
+    return checkpoint, model, spec, layers, source, sha, cache
+
+
+def _shard(count: int, settings: DissectSettings) -> range:
+    """This rank's images: whole batches, so that every batch of the forward pass holds the same
+    images as on one process (a model's outputs can change in the last bits with the batch)."""
+    return distributed.shard(count, block=settings.batch_size)
 
 
 def _damaged(cache: DissectionCache, problem: str) -> None:
@@ -447,8 +530,15 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
                     source: ConceptSource, settings: DissectSettings, device: torch.device,
                     mask_shape: tuple[int, ...], progress: Progress) -> None:
     cache = result.cache
-    count = info["count"]
-    sample = min(settings.quantile_sample or count, count)
+    count = info["count"]      # images in this cache entry: all, or this rank's shard
+    whole = len(source)
+    shard = _shard(whole, settings) if distributed.active() else range(count)
+    if len(shard) != count:
+        raise DataError(f"the activation cache {cache.dir} holds {count} images, this process's "
+                        f"shard has {len(shard)}: rerun with --no-cache")
+    sample = min(settings.quantile_sample or whole, whole)   # T_k over the first `sample` images
+    local_sample = min(max(sample - shard.start, 0), count)  # ... of which this shard holds these
+    totals = (sample, 0 if settings.paper_definition else whole) if distributed.active() else None
     masks_store = cache.mask_store(mask_shape)
     groups, group_names = source.groups()
     for layer in layers:
@@ -465,8 +555,8 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
                 [random_rotation(units, seed=settings_seed(result, r)) for r in
                  range(settings.null_rotations)], values, settings.quantile, concepts, device)
         thresholds, grid_thresholds, paper_thresholds = _thresholds(
-            store, sample, settings.quantile, settings.batch_size, device, grid, extras.rotated,
-            paper_count=0 if settings.paper_definition else count)
+            store, local_sample, settings.quantile, settings.batch_size, device, grid,
+            extras.rotated, paper_count=0 if settings.paper_definition else count, totals=totals)
         result.timings[f"quantile:{layer}"] = time.perf_counter() - started
         started = time.perf_counter()
         extras.grid = {q: (IoUTally.zeros(units, concepts, device=device, per_image=False),
@@ -484,16 +574,26 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
                 units, labels, shuffled_partners(present, settings.null_permutations,
                                                  seed=settings_seed(result, 0)))
         progress("phase", name=f"tally {layer}", total=count)
-        tally, top_images, top_values = _tally(
-            store, masks_store, thresholds, concepts, count, settings, device, progress, extras)
+        with distributed.step(f"tally {layer}"):
+            tally, top = _tally_parts(store, masks_store, thresholds, concepts, count, settings,
+                                      device, progress, extras, offset=shard.start)
+        activation_min = info["activation_min"][layer]
+        if distributed.active():
+            # Integer sums and disjoint per-image rows: the merge is exactly one pass's tally.
+            tally, top = _merged_over_ranks(tally), _merged_over_ranks(top)
+            extras.grid = {q: (_merged_over_ranks(t), t_q) for q, (t, t_q) in extras.grid.items()}
+            if extras.paper is not None:
+                extras.paper = (_merged_over_ranks(extras.paper[0]), extras.paper[1])
+            activation_min = min(distributed.all_gather(activation_min))
+        top_images, top_values = top.images.cpu().numpy(), top.values.cpu().numpy()
         result.timings[f"tally:{layer}"] = time.perf_counter() - started
-        image_stats = tally.image_stats(list(source.concepts), num_images=count, groups=groups,
+        image_stats = tally.image_stats(list(source.concepts), num_images=whole, groups=groups,
                                         group_names=group_names)
         iou = tally.iou(settings.iou_over)
         layer_result = LayerDissection(
             layer=layer, thresholds=thresholds, iou=iou, concepts=list(source.concepts),
             images_with=tally.images_with.cpu().numpy(), top_images=top_images,
-            top_values=top_values, activation_min=info["activation_min"][layer],
+            top_values=top_values, activation_min=activation_min,
             feature_shape=tuple(info["shapes"][layer]), threshold_images=sample,
             upsampled_fraction=tally.upsampled_pairs / max(tally.total_pairs, 1),
             image_stats=image_stats,
@@ -508,7 +608,58 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
         if extras.paper is not None:
             layer_result.definitions = definitions_summary(
                 iou, extras.paper[0].iou(), list(source.concepts), settings)
+        if distributed.active():
+            with distributed.step(f"top images of {layer}"):
+                maps = _top_maps(store, layer_result, shard, settings.iou_threshold)
+            result.top_maps[layer] = {key: value for part in distributed.all_gather(maps)
+                                      for key, value in part.items()}
         result.layers.append(layer_result)
+
+
+def _top_maps(store, layer: LayerDissection, shard: range, iou_threshold: float
+              ) -> dict[tuple[int, int], np.ndarray]:
+    """The feature maps ``(unit, image) -> [h, w]`` of every detector's top images in this rank's
+    shard: what the Fig. 3 figures read from the cache, which holds only the shard under torchrun."""
+    index, best = layer.best
+    wanted: dict[int, list[int]] = {}
+    for unit in np.flatnonzero(is_detector(best, iou_threshold)).tolist():
+        for image in layer.top_images[unit].tolist():
+            if image in shard:
+                wanted.setdefault(image, []).append(unit)
+    maps = {}
+    for image, units in sorted(wanted.items()):
+        record = store.read(image - shard.start)
+        maps.update({(unit, image): record[unit].copy() for unit in units})
+    return maps
+
+
+class _GatheredMaps:
+    """Stands in for the activation cache when rank 0 draws the figures under torchrun: its own
+    cache holds only its shard, so the top images' maps come from every rank (``_top_maps``);
+    units not gathered read as zeros (the figures only read detectors at their top images)."""
+
+    def __init__(self, cache: DissectionCache, maps: dict[str, dict[tuple[int, int], np.ndarray]]):
+        self._cache, self._maps = cache, maps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
+
+    def layer_store(self, layer: str, record_shape: tuple[int, ...], dtype: str,
+                    folder: Path | None = None) -> _MapReader:
+        return _MapReader(self._maps.get(layer, {}), tuple(record_shape), dtype)
+
+
+class _MapReader:
+    def __init__(self, maps: dict[tuple[int, int], np.ndarray], record_shape: tuple[int, ...],
+                 dtype: str) -> None:
+        self.maps, self.record_shape, self.dtype = maps, record_shape, dtype
+
+    def read(self, index: int) -> np.ndarray:
+        record = np.zeros(self.record_shape, dtype=self.dtype)
+        for (unit, image), values in self.maps.items():
+            if image == index:
+                record[unit] = values
+        return record
 
 
 def random_init_checkpoint(checkpoint: Mapping[str, Any], seed: int) -> dict[str, Any]:
@@ -630,11 +781,41 @@ def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom"
     another process dissecting into the same folder (or filling the same activation cache) makes
     this call fail at once with a :class:`~cxrsem.outputs.LockedError` naming it.  When the call
     fails before anything was written, an ``out`` folder it created is removed again.
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the images are sharded over the processes and the
+    statistics merged exactly (docs/dissection.md, "Running on many processes"); only rank 0
+    writes, and every rank returns the same results.
     Paper Sec. 2.2, Eq. 5.
     """
 
     settings = settings or DissectSettings()
     settings.validate()
+    if distributed.requested():
+        refuse_under_torchrun(settings)
+        device = distributed.rank_device(device)
+        with distributed.process_group(resolve_device(device)):
+            return _dissect(models, layers, concepts, out, concept_names, image_size, channels,
+                            normalization, outputs, task, model_options, concept_options,
+                            concept_map, data_roots, settings, device, seed, figures,
+                            image_cache, progress)
+    return _dissect(models, layers, concepts, out, concept_names, image_size, channels,
+                    normalization, outputs, task, model_options, concept_options, concept_map,
+                    data_roots, settings, device, seed, figures, image_cache, progress)
+
+
+def refuse_under_torchrun(settings: DissectSettings) -> None:
+    """What a sharded run does not do (yet): the chance baselines, whose draws pair images across
+    shards (shuffle) or need state not merged over ranks (rotation, random-init)."""
+    refused = [flag for flag, on in (("--null shuffle", settings.null_permutations),
+                                     ("--null rotation", settings.null_rotations),
+                                     ("--null random-init", settings.null_random_init)) if on]
+    if refused:
+        raise UsageError(f"{', '.join(refused)}: not available under torchrun; run it as one "
+                         f"process (python -m cxrsem dissect ...)")
+
+
+def _dissect(models, layers, concepts, out, concept_names, image_size, channels, normalization,
+             outputs, task, model_options, concept_options, concept_map, data_roots, settings,
+             device, seed, figures, image_cache, progress):
     progress = progress or (lambda event, **info: None)
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
@@ -705,31 +886,47 @@ def _dissect_all(model_paths, out, layers, concepts, concept_options, concept_ma
 
     results = []
     folders = model_folder_names(model_paths)
+    # Under torchrun each rank caches its own shard, in a folder of its own; rank 0 alone writes
+    # (and locks) the result folders.
+    cache_root = out / ".cache" / f"rank-{distributed.rank()}" if distributed.active() \
+        else out / ".cache"
     for model_path in model_paths:
         progress("model", path=str(model_path))
         model_dir = out / folders[model_path]
         with ExitStack() as locks:
             def lock_layers(names: list[str], model_dir: Path = model_dir,
                             locks: ExitStack = locks) -> None:
+                if not distributed.is_main():
+                    return
                 for name in names:
                     locks.enter_context(layer_lock(model_dir, name))
                     recover_staged(layer_folder(model_dir, name))
 
             result = dissect_model(model_path, layers, source_for, settings, resolved_device,
-                                   out / ".cache", progress, locks=locks, lock_layers=lock_layers,
+                                   cache_root, progress, locks=locks, lock_layers=lock_layers,
                                    checkpoint=loaded.get(model_path))
             if settings.null_random_init:
                 _random_init_nulls(result, model_path, source_for, settings, resolved_device,
-                                   out / ".cache", progress, run_files=model_path not in loaded)
-            for layer_result in result.layers:
-                if settings.bootstrap and layer_result.image_stats is not None:
-                    progress("phase", name=f"bootstrap {layer_result.layer}", total=None)
-                    layer_result.bootstrap, layer_result.unit_bootstrap = summarize(
-                        layer_result.image_stats, resamples=settings.bootstrap, seed=seed,
-                        group_by=settings.group_by, confidence=settings.confidence,
-                        threshold=settings.iou_threshold)
-                write_layer_results(model_dir, result, layer_result, settings,
-                                    concepts=result.source.set_names(), seed=seed,
-                                    device=str(resolved_device), figures=figures)
+                                   cache_root, progress, run_files=model_path not in loaded)
+            with distributed.step("writing the results"):
+                if distributed.is_main():
+                    _write_model(result, model_dir, settings, seed, resolved_device, figures,
+                                 progress)
         results.append(result)
     return results
+
+
+def _write_model(result: ModelDissection, model_dir: Path, settings: DissectSettings, seed: int,
+                 device: torch.device, figures: bool, progress: Progress) -> None:
+    if result.top_maps:  # torchrun: the figures read the top images' maps gathered from all ranks
+        result = replace(result, cache=_GatheredMaps(result.cache, result.top_maps))
+    for layer_result in result.layers:
+        if settings.bootstrap and layer_result.image_stats is not None:
+            progress("phase", name=f"bootstrap {layer_result.layer}", total=None)
+            layer_result.bootstrap, layer_result.unit_bootstrap = summarize(
+                layer_result.image_stats, resamples=settings.bootstrap, seed=seed,
+                group_by=settings.group_by, confidence=settings.confidence,
+                threshold=settings.iou_threshold)
+        write_layer_results(model_dir, result, layer_result, settings,
+                            concepts=result.source.set_names(), seed=seed,
+                            device=str(device), figures=figures)
