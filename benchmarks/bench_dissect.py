@@ -1,6 +1,7 @@
 """Dissection throughput vs a bare forward pass, and peak memory vs the number of images.
 
     .venv/bin/python benchmarks/bench_dissect.py               # speed (densenet121, 224 px)
+    .venv/bin/python benchmarks/bench_dissect.py --seg-sizes 224   # speed at one seg size
     .venv/bin/python benchmarks/bench_dissect.py --memory      # peak RSS at 500 vs 4000 images
 
 Speed: the same images, batch size and model, in one process: (a) a bare forward pass over
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seg-sizes", type=int, nargs="+", default=[112, 224],
+                        help="annotation sizes to dissect at (speed)")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--memory-child", type=int)
     args = parser.parse_args()
@@ -112,7 +115,7 @@ def main() -> None:
     elif args.memory:
         memory(args.arch, args.image_size, [500, 4000])
     else:
-        speed(args.arch, args.image_size, args.images, args.batch_size, [112, 224])
+        speed(args.arch, args.image_size, args.images, args.batch_size, args.seg_sizes)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def dissected(tmp_path_factory):
     ckpt = tiny_checkpoint(tmp / "m.pt", mini_densenet(0, outputs=2),
                             arch="densenet-mini", image_size=32)
     tallies = []
-    original = dissection_run._tally
+    original = dissection_run._tally_parts
 
     def spy(*args, **kwargs):
         result = original(*args, **kwargs)
@@ -60,7 +60,7 @@ def dissected(tmp_path_factory):
         return result
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(dissection_run, "_tally", spy)
+    mp.setattr(dissection_run, "_tally_parts", spy)
     try:
         result = dissect([ckpt], ["denseblock4"], out=tmp / "out", concepts=["phantom"],
                          concept_options={"phantom": {"n_images": 24}},

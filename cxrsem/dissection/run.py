@@ -356,21 +356,13 @@ class _TallyExtras:
     paper: tuple[IoUTally, torch.Tensor] | None = None  # the paper's definition, raw labels
 
 
-def _tally(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
-           settings: DissectSettings, device: torch.device, progress: Progress,
-           extras: _TallyExtras, offset: int = 0):
+def _tally_parts(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
+                 settings: DissectSettings, device: torch.device, progress: Progress,
+                 extras: _TallyExtras, offset: int = 0) -> tuple[IoUTally, TopImages]:
     """Pass 3: IoU sums (Eq. 5) and the top-activating images of every unit, and every extra
     statistic of ``extras`` from the same read of the cache (the shuffled null reuses the main
     tally's upsampled masks).  ``offset``: the dataset index of the store's first image (its
     shard's start under torchrun), so that tallies and top images number images globally."""
-    tally, top = _tally_parts(store, masks_store, thresholds, concepts, count, settings, device,
-                              progress, extras, offset)
-    return tally, top.images.cpu().numpy(), top.values.cpu().numpy()
-
-
-def _tally_parts(store, masks_store, thresholds: np.ndarray, concepts: int, count: int,
-                 settings: DissectSettings, device: torch.device, progress: Progress,
-                 extras: _TallyExtras, offset: int = 0) -> tuple[IoUTally, TopImages]:
     units = store.record_shape[0]
     tally = IoUTally.zeros(units, concepts, device=device)
     thresholds_t = torch.from_numpy(thresholds).to(device)

@@ -11,8 +11,12 @@ an empty mask.  At the 0.5% quantile that skips most pairs.
 
 The comparison is made exact by interpolating ``a - T_k`` in float64 and testing ``>= 0``: T_k is
 one of the unit's own values, so neighbourhoods equal to it give exactly 0 (interpolating ``a`` in
-float32 and comparing with T_k would let rounding decide those pixels).  Intersections of the remaining masks
-with all concepts of their image are one matrix product per image; unions follow from mask sizes:
+float32 and comparing with T_k would let rounding decide those pixels).  That float64 rule
+(:func:`unit_masks`) is the definition; the tally computes the same masks faster
+(:func:`fast_unit_masks`): it upsamples in float32 and re-decides with :func:`unit_masks` only the
+pairs holding a pixel whose float32 value lies within a proven rounding bound of 0 (the bound is
+derived above :func:`float32_rounding_bound`).  Intersections of the masks with all concepts of
+their image, and the mask areas, are one matrix product per image; unions follow from mask sizes:
 ``|M u L| = |M| + |L| - |M n L|``.  Counts are int64 (the per-image float32 products are exact:
 they are integers below 2^24).
 
@@ -25,6 +29,8 @@ asked for (:meth:`IoUTally.image_stats`, :meth:`IoUTally.state_dict`).
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -59,6 +65,131 @@ def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, in
     centred = maps.double() - thresholds.double()[:, None, None]
     upsampled = F.interpolate(centred.unsqueeze(1), size=size, **INTERPOLATION)
     return upsampled[:, 0] >= 0
+
+
+# --- Exact fast masks --------------------------------------------------------------------------
+# unit_masks above is the definition: the sign of F.interpolate(a - T_k) computed in float64.  The
+# tally decides the same signs from a float32 upsampling and re-decides in float64 (with
+# unit_masks itself) only the pairs holding a pixel whose float32 value is too close to 0 to be
+# sure of its sign.  The float32 upsampling is separable, ``Wy @ x @ Wx^T``, with dense weight
+# matrices built from exact rational weights (below), so its rounding error has a bound that
+# depends only on IEEE arithmetic, not on how a kernel orders its operations.
+#
+# Bound.  Let x = a - T_k (real), m = max|x| over the pair's low-resolution map, W the exact
+# bilinear weights (rows of each axis matrix are >= 0 and sum to 1, so the exact value V of every
+# output pixel is a convex combination of x with |V| <= m), u = 2^-24 and u64 = 2^-53.
+# * float32 value v32: x32 = fl32(fl64(x)) errs by <= (u + u64)|x|; each weight fl32(W) by
+#   <= u*W; the two products are sums of h then w terms, and any summation order (BLAS blocking,
+#   FMA) keeps |fl(sum p_i) - sum p_i| <= gamma_n * sum |p_i| with gamma_n = n u / (1 - n u).
+#   Altogether |v32 - V| <= m * ((h + w + 4) u + O(u^2)).
+# * float64 value v64 (torch's kernel, any operation order): its source coordinate
+#   (dst + 0.5) * in/out - 0.5 errs by <= 4 u64 (n_in + 2), each weight is 1-Lipschitz in it (also
+#   where the floor flips), and its four-term sum adds gamma_4(u64):
+#   |v64 - V| <= m * (64 (max(h, w) + 2) + 8) u64 (generous; tests/test_tally_fast.py checks it).
+# A pixel with |v32| > B = 2 * m * ((h + w + 8) u + (64 (max(h, w) + 2) + 8) u64) + 2^-100 therefore
+# has v64 of the same sign as v32 and v64 != 0: its mask bit is decided.  The factor 2 absorbs every
+# second-order term (and m being taken from x32, within a factor 1 + 2u of the real one); 2^-100
+# absorbs underflow (gradual or flushed to zero: at most 2^-126 per operation, a few hundred
+# operations per pixel).  Pairs whose m is not finite or above 2^100
+# (overflow in float32, NaN spread by the dense products) take the float64 path whole.  The bound
+# needs IEEE float32 products: with TF32 / bf16 matmul settings the whole tally takes unit_masks.
+_U32, _U64 = 2.0 ** -24, 2.0 ** -53
+_TINY, _HUGE = 2.0 ** -100, 2.0 ** 100
+
+
+def float32_rounding_bound(h: int, w: int) -> float:
+    """The relative part of the bound B above (times m = max|a - T_k| of a pair)."""
+    return 2 * ((h + w + 8) * _U32 + (64 * (max(h, w) + 2) + 8) * _U64)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_weights(n_in: int, n_out: int, device: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense ``[n_out, n_in]`` bilinear weights (align_corners=False), each the correct
+    rounding of the exact rational weight: source coordinate ``((2 dst + 1) n_in - n_out) /
+    (2 n_out)``, clamped at 0, split between floor and floor + 1 (clamped at n_in - 1)."""
+    den = 2 * n_out
+    num = np.maximum((2 * np.arange(n_out) + 1) * n_in - n_out, 0)
+    low, rem = num // den, num % den
+    high = np.minimum(low + 1, n_in - 1)
+    weights = np.zeros((n_out, n_in), dtype=np.int64)
+    np.add.at(weights, (np.arange(n_out), low), den - rem)
+    np.add.at(weights, (np.arange(n_out), high), rem)
+    # Numerators and denominator are integers below 2^24, so one IEEE division rounds correctly.
+    return (torch.from_numpy(weights).to(dtype) / float(den)).to(device)
+
+
+def _ieee_float32_matmul(device: torch.device) -> bool:
+    """Whether float32 products on ``device`` are plain IEEE float32 (no TF32/bf16 shortcut)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if torch.get_float32_matmul_precision() != "highest":
+            return False
+        if device.type == "cuda":
+            matmul = torch.backends.cuda.matmul
+            return not matmul.allow_tf32 and getattr(matmul, "fp32_precision", "none") in ("none", "ieee")
+        if device.type == "cpu":
+            matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+            return getattr(matmul, "fp32_precision", "none") in ("none", "ieee")
+    return False
+
+
+class FastMasks(NamedTuple):
+    masks: torch.Tensor        # [P, *size] float32 0/1, equal to unit_masks(maps, thresholds, size)
+    exact_pairs: torch.Tensor  # [E] the pairs re-decided in float64 (by unit_masks itself)
+
+
+def _float32_stage(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]):
+    """The first (small) product ``Wy @ x32 [P, M0, w]``, ``Wx`` and each pair's bound B ``[P]``
+    (inf where the pair must take the float64 path)."""
+    h, w = maps.shape[-2:]
+    x32 = (maps.double() - thresholds.double()[:, None, None]).to(torch.float32)
+    device = str(maps.device)
+    wy, wx = _axis_weights(h, size[0], device), _axis_weights(w, size[1], device)
+    m = x32.abs().amax(dim=(1, 2)).double()   # NaN when the map holds one
+    bound = m * float32_rounding_bound(h, w) + _TINY
+    bound[~torch.isfinite(m) | (m > _HUGE)] = float("inf")
+    return wy @ x32, wx, bound
+
+
+def float32_upsampled(maps: torch.Tensor, thresholds: torch.Tensor,
+                      size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 values ``v32 [P, *size]`` of the upsampled ``a - T_k`` and each pair's bound B
+    ``[P]``: where ``|v32| > B`` the sign of v32 is that of unit_masks' float64 value."""
+    stage, wx, bound = _float32_stage(maps, thresholds, size)
+    return (stage.reshape(-1, stage.shape[-1]) @ wx.T).reshape(maps.shape[0], *size), bound
+
+
+# Pairs per chunk of the fast path: the chunk's values (~chunk * M0 * M1 floats) stay in cache
+# between the product, the distance to 0 and the thresholding.
+_CHUNK_VALUES = 1 << 21
+
+
+def fast_unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int]) -> FastMasks:
+    """:func:`unit_masks` bit for bit, as float32 0/1, upsampling in float32 and re-deciding in
+    float64 the pairs with a pixel within the rounding bound of T_k (see the bound above)."""
+    size = (int(size[0]), int(size[1]))
+    pairs, pixels = maps.shape[0], size[0] * size[1]
+    if pairs == 0 or not _ieee_float32_matmul(maps.device):
+        masks = unit_masks(maps, thresholds, size).to(torch.float32)
+        return FastMasks(masks, torch.arange(pairs, device=maps.device))
+    stage, wx, bound = _float32_stage(maps, thresholds, size)
+    masks = torch.empty(pairs, pixels, dtype=torch.float32, device=maps.device)
+    closest = torch.empty(pairs, dtype=torch.float32, device=maps.device)
+    chunk = max(1, _CHUNK_VALUES // pixels)
+    scratch = torch.empty(min(chunk, pairs), pixels, dtype=torch.float32, device=maps.device)
+    one = torch.ones((), dtype=torch.float32, device=maps.device)
+    for start in range(0, pairs, chunk):
+        stop = min(start + chunk, pairs)
+        values = masks[start:stop]
+        torch.mm(stage[start:stop].reshape(-1, stage.shape[-1]), wx.T,
+                 out=values.view(-1, size[1]))
+        torch.amin(torch.abs(values, out=scratch[:stop - start]), dim=1, out=closest[start:stop])
+        values.heaviside_(one)   # 1 where v32 >= 0 (ambiguous pixels are re-decided below)
+    # NaN distances (never <= B) come from maps whose bound is inf.
+    exact = ((closest.double() <= bound) | torch.isinf(bound)).nonzero().squeeze(1)
+    if exact.numel():
+        masks[exact] = unit_masks(maps[exact], thresholds[exact], size).flatten(1).to(torch.float32)
+    return FastMasks(masks.view(pairs, *size), exact)
 
 
 # Per-image entries, in the order of the state dict: (image, unit, area) per non-empty mask and
@@ -96,6 +227,9 @@ class IoUTally:
     unit_area_all: torch.Tensor = None  # type: ignore[assignment]
     upsampled_pairs: int = 0
     total_pairs: int = 0
+    # Candidate pairs whose masks were re-decided in float64 (fast_unit_masks): a diagnostic of
+    # the fast path, merged but not part of the state.
+    exact_pairs: int = 0
     per_image: bool = True
     images: int = 0   # images tallied (the default offset of the next batch)
     # Per-image entries: a list of per-batch chunks, concatenated once when read (_entries()).
@@ -155,6 +289,7 @@ class IoUTally:
             getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
         self.upsampled_pairs += other.upsampled_pairs
         self.total_pairs += other.total_pairs
+        self.exact_pairs += other.exact_pairs
         self.images += other.images
         return self
 
@@ -298,22 +433,27 @@ def update_tally(tally: IoUTally, activations: torch.Tensor, thresholds: torch.T
         return None
     tally.upsampled_pairs += image_idx.numel()
 
-    masks = unit_masks(activations[image_idx, unit_idx], thresholds[unit_idx], size).flatten(1)
-    areas = masks.sum(dim=1)                                         # [P]
+    fast = fast_unit_masks(activations[image_idx, unit_idx], thresholds[unit_idx], size)
+    float_masks = fast.masks.flatten(1)                              # [P, M*M] 0/1
+    tally.exact_pairs += fast.exact_pairs.numel()
 
     present_of_pair = present[image_idx].to(torch.int64)             # [P, C]
-    tally.unit_area.index_add_(0, unit_idx, areas[:, None] * present_of_pair)
-    tally.unit_area_all.index_add_(0, unit_idx, areas.to(torch.int64))
-
-    intersections = torch.zeros_like(present_of_pair)
-    float_masks = masks.to(torch.float32)
-    float_labels = flat_labels.to(torch.float32)
+    concepts = present.shape[1]
+    counts = torch.zeros(image_idx.numel(), concepts + 1, dtype=torch.int64,
+                         device=image_idx.device)
+    # Each image's labels plus a row of ones: the product's last column is the mask area.
+    float_labels = torch.cat([flat_labels.to(torch.float32),
+                              flat_labels.new_ones(batch, 1, flat_labels.shape[2],
+                                                   dtype=torch.float32)], dim=1)
     # One small product per image (pairs are sorted by image): no loop over units or concepts.
     bounds = torch.searchsorted(image_idx, torch.arange(batch + 1, device=image_idx.device))
     for image in torch.unique_consecutive(image_idx).tolist():
         start, stop = int(bounds[image]), int(bounds[image + 1])
-        product = float_masks[start:stop] @ float_labels[image].T    # [P_b, C], exact integers
-        intersections[start:stop] = product.round().to(torch.int64)
+        product = float_masks[start:stop] @ float_labels[image].T    # [P_b, C + 1], exact integers
+        counts[start:stop] = product.round().to(torch.int64)
+    intersections, areas = counts[:, :concepts], counts[:, concepts]
+    tally.unit_area.index_add_(0, unit_idx, areas[:, None] * present_of_pair)
+    tally.unit_area_all.index_add_(0, unit_idx, areas)
     tally.intersection.index_add_(0, unit_idx, intersections)
     batch_masks = BatchMasks(image_idx, unit_idx, float_masks, bounds, present, offset)
 
