@@ -285,12 +285,12 @@ def build_model(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint"
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as exc:
-        detail = _mismatch(model, checkpoint["state_dict"], exc)
+        detail = weights_mismatch(model, checkpoint["state_dict"], exc)
         raise CheckpointError(f"{source} does not fit architecture {arch['name']!r}: {detail}") from None
     return model.eval()
 
 
-def _mismatch(model: nn.Module, state_dict: Mapping[str, Any], exc: Exception) -> str:
+def weights_mismatch(model: nn.Module, state_dict: Mapping[str, Any], exc: Exception) -> str:
     """Which weights do not fit, in one line (torch's own message spans many)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]

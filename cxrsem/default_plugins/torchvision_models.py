@@ -171,21 +171,13 @@ def _classifier_size(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> i
 
 
 def _load_strictly(model: nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} of another shape ({', '.join(shapes[:2])})")
-    if problems:
-        raise CheckpointError(f"the weights do not fit {source}: " + "; ".join(problems))
-    model.load_state_dict(weights, strict=True)
+    from cxrsem.checkpoint import weights_mismatch
+
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the weights do not fit {source}: "
+                              f"{weights_mismatch(model, weights, exc)}") from None
 
 
 # --- the sources ---------------------------------------------------------------------------------
