@@ -88,8 +88,50 @@ def test_torchrun_dissection_equals_one_process_bit_for_bit(tmp_path):
     manifest = json.loads((b / "manifest.json").read_text())
     assert manifest["distributed"] == {"world_size": 3, "backend": "gloo", "shards": "contiguous"}
     assert "distributed" not in json.loads((a / "manifest.json").read_text())
+    assert rb["stats"]["distributed"] == manifest["distributed"]
+    assert ra["stats"]["distributed"] == {"world_size": 1, "backend": None}
     assert sorted(p.name for p in (tmp_path / "many" / ".cache").iterdir()) == \
         ["rank-0", "rank-1", "rank-2"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_give_the_one_process_result(tmp_path):
+    """``--nnodes 2``: two torchrun launches (node ranks 0 and 1) meeting at one rendezvous
+    endpoint, one process each, as two machines would."""
+    model = tiny_checkpoint(tmp_path / "m.pt", mini_densenet(1, outputs=2), arch="densenet-mini",
+                            image_size=32)
+    args = ["-m", "cxrsem", "dissect", "--model", str(model), "--concepts", "phantom",
+            "--concept-opt", "phantom.n_images=16", "--seg-size", "16", "--batch-size", "4",
+            "--device", "cpu", "--iou-threshold", "0.005", "--no-figures", "--quiet"]
+    one = _single([*args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+         "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+         "--rdzv-id=cxrsem-test", *args, "--out", str(tmp_path / "two")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+        for node in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=TIMEOUT_S) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (_, stderr) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, stderr
+    a, b = _layer_folder(tmp_path / "one"), _layer_folder(tmp_path / "two")
+    ra, rb = (json.loads((f / "dissection.json").read_text()) for f in (a, b))
+    for key in ("units", "concepts", "detectors", "num_images"):
+        assert ra[key] == rb[key], key
+    assert rb["stats"]["distributed"]["world_size"] == 2
+    assert (a / "units.csv").read_bytes() == (b / "units.csv").read_bytes()
 
 
 _LAUNCHER = '''

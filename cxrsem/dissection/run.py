@@ -34,7 +34,7 @@ from cxrsem.checkpoint import (
     source_prefix,
     state_dict_sha256,
 )
-from cxrsem.dissection import sensitivity
+from cxrsem.dissection import sensitivity, sharding
 from cxrsem.dissection.cache import DamagedCache, DissectionCache, cache_key, sweep
 from cxrsem.dissection.concepts import ConceptSource, build_concept_source
 from cxrsem.dissection.nulls import (
@@ -307,27 +307,13 @@ def _thresholds(store, count: int, quantile: float, batch_size: int, device: tor
     with distributed.step("thresholds"):
         _stream_thresholds(store, count, batch_size, device, stream, rotated, paper, paper_count)
     if totals is not None:
-        stream = _merged_over_ranks(stream, device)
-        paper = _merged_over_ranks(paper, device) if paper is not None else None
+        stream = sharding.merged_over_ranks(stream, device)
+        paper = sharding.merged_over_ranks(paper, device) if paper is not None else None
     paper_thresholds = paper.thresholds() if paper is not None else None
     if not grid:
         return stream.thresholds(), {}, paper_thresholds
     return (stream.threshold_at(quantile), {q: stream.threshold_at(q) for q in grid},
             paper_thresholds)
-
-
-def _merged_over_ranks(statistic, device: torch.device | None = None):
-    """Every rank's ``statistic`` merged in rank order (the same object on every rank): its
-    state_dicts are gathered and restored (:class:`~cxrsem.statistics.StreamingStatistic`)."""
-    kind = type(statistic)
-    states = distributed.all_gather(statistic.state_dict())
-    if device is not None:
-        states = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-                  for state in states]
-    merged = kind.from_state_dict(states[0])
-    for state in states[1:]:
-        merged.merge(kind.from_state_dict(state))
-    return merged
 
 
 def _stream_thresholds(store, count: int, batch_size: int, device: torch.device,
@@ -431,7 +417,7 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
         prepared = _prepare_model(model_path, layer_names, source_factory, settings, device,
                                   cache_root, locks, lock_layers, checkpoint)
     checkpoint, model, spec, layers, source, sha, cache = prepared
-    shard = _shard(len(source), settings)
+    shard = sharding.shard_of(len(source), settings.batch_size)
     mask_shape = (len(source.concepts), settings.seg_size, settings.seg_size)
     use_cache = settings.use_cache
     while True:
@@ -451,9 +437,7 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
                                            progress, model_name=str(model_path), shard=shard)
         result = ModelDissection(model_path, sha, checkpoint, source, cache, info["dtype"],
                                  cache_reused=reused)
-        if distributed.active():
-            result.distributed = {"world_size": distributed.world_size(),
-                                  "backend": distributed.backend(), "shards": "contiguous"}
+        result.distributed = sharding.run_description()
         result.timings["forward_and_cache"] = time.perf_counter() - started
         try:
             _dissect_layers(result, layers, info, source, settings, device, mask_shape, progress)
@@ -491,12 +475,9 @@ def _prepare_model(model_path, layer_names, source_factory, settings, device, ca
                    "input": {"channels": spec.channels,
                              "normalization": {k: list(v) for k, v in spec.normalization.items()}}}
     if distributed.active():
-        if len(source) <= (distributed.world_size() - 1) * settings.batch_size:
-            raise UsageError(f"{len(source)} images in batches of {settings.batch_size} leave a "
-                             f"process of {distributed.world_size()} without images: lower "
-                             f"--batch-size or start fewer (torchrun --nproc-per-node)")
+        sharding.check_every_rank_has_images(len(source), settings.batch_size)
         # This rank's cache entry holds only its shard: another split must not reuse it.
-        shard = _shard(len(source), settings)
+        shard = sharding.shard_of(len(source), settings.batch_size)
         description["shard"] = {"start": shard.start, "stop": shard.stop,
                                 "world_size": distributed.world_size()}
     cache = DissectionCache(cache_root, cache_key(description), description)
@@ -505,12 +486,6 @@ def _prepare_model(model_path, layer_names, source_factory, settings, device, ca
         cache.recover()
         sweep(cache_root)
     return checkpoint, model, spec, layers, source, sha, cache
-
-
-def _shard(count: int, settings: DissectSettings) -> range:
-    """This rank's images: whole batches, so that every batch of the forward pass holds the same
-    images as on one process (a model's outputs can change in the last bits with the batch)."""
-    return distributed.shard(count, block=settings.batch_size)
 
 
 def _damaged(cache: DissectionCache, problem: str) -> None:
@@ -524,7 +499,8 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
     cache = result.cache
     count = info["count"]      # images in this cache entry: all, or this rank's shard
     whole = len(source)
-    shard = _shard(whole, settings) if distributed.active() else range(count)
+    shard = sharding.shard_of(whole, settings.batch_size) if distributed.active() \
+        else range(count)
     if len(shard) != count:
         raise DataError(f"the activation cache {cache.dir} holds {count} images, this process's "
                         f"shard has {len(shard)}: rerun with --no-cache")
@@ -569,14 +545,8 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
         with distributed.step(f"tally {layer}"):
             tally, top = _tally_parts(store, masks_store, thresholds, concepts, count, settings,
                                       device, progress, extras, offset=shard.start)
-        activation_min = info["activation_min"][layer]
-        if distributed.active():
-            # Integer sums and disjoint per-image rows: the merge is exactly one pass's tally.
-            tally, top = _merged_over_ranks(tally), _merged_over_ranks(top)
-            extras.grid = {q: (_merged_over_ranks(t), t_q) for q, (t, t_q) in extras.grid.items()}
-            if extras.paper is not None:
-                extras.paper = (_merged_over_ranks(extras.paper[0]), extras.paper[1])
-            activation_min = min(distributed.all_gather(activation_min))
+        tally, top, activation_min = sharding.merge_tallies(tally, top, extras,
+                                                            info["activation_min"][layer])
         top_images, top_values = top.images.cpu().numpy(), top.values.cpu().numpy()
         result.timings[f"tally:{layer}"] = time.perf_counter() - started
         image_stats = tally.image_stats(list(source.concepts), num_images=whole, groups=groups,
@@ -601,57 +571,9 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
             layer_result.definitions = definitions_summary(
                 iou, extras.paper[0].iou(), list(source.concepts), settings)
         if distributed.active():
-            with distributed.step(f"top images of {layer}"):
-                maps = _top_maps(store, layer_result, shard, settings.iou_threshold)
-            result.top_maps[layer] = {key: value for part in distributed.all_gather(maps)
-                                      for key, value in part.items()}
+            result.top_maps[layer] = sharding.gather_top_maps(store, layer_result, shard,
+                                                              settings.iou_threshold)
         result.layers.append(layer_result)
-
-
-def _top_maps(store, layer: LayerDissection, shard: range, iou_threshold: float
-              ) -> dict[tuple[int, int], np.ndarray]:
-    """The feature maps ``(unit, image) -> [h, w]`` of every detector's top images in this rank's
-    shard: what the Fig. 3 figures read from the cache, which holds only the shard under torchrun."""
-    index, best = layer.best
-    wanted: dict[int, list[int]] = {}
-    for unit in np.flatnonzero(is_detector(best, iou_threshold)).tolist():
-        for image in layer.top_images[unit].tolist():
-            if image in shard:
-                wanted.setdefault(image, []).append(unit)
-    maps = {}
-    for image, units in sorted(wanted.items()):
-        record = store.read(image - shard.start)
-        maps.update({(unit, image): record[unit].copy() for unit in units})
-    return maps
-
-
-class _GatheredMaps:
-    """Stands in for the activation cache when rank 0 draws the figures under torchrun: its own
-    cache holds only its shard, so the top images' maps come from every rank (``_top_maps``);
-    units not gathered read as zeros (the figures only read detectors at their top images)."""
-
-    def __init__(self, cache: DissectionCache, maps: dict[str, dict[tuple[int, int], np.ndarray]]):
-        self._cache, self._maps = cache, maps
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cache, name)
-
-    def layer_store(self, layer: str, record_shape: tuple[int, ...], dtype: str,
-                    folder: Path | None = None) -> _MapReader:
-        return _MapReader(self._maps.get(layer, {}), tuple(record_shape), dtype)
-
-
-class _MapReader:
-    def __init__(self, maps: dict[tuple[int, int], np.ndarray], record_shape: tuple[int, ...],
-                 dtype: str) -> None:
-        self.maps, self.record_shape, self.dtype = maps, record_shape, dtype
-
-    def read(self, index: int) -> np.ndarray:
-        record = np.zeros(self.record_shape, dtype=self.dtype)
-        for (unit, image), values in self.maps.items():
-            if image == index:
-                record[unit] = values
-        return record
 
 
 def random_init_checkpoint(checkpoint: Mapping[str, Any], seed: int) -> dict[str, Any]:
@@ -782,7 +704,7 @@ def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom"
     settings = settings or DissectSettings()
     settings.validate()
     if distributed.requested():
-        refuse_under_torchrun(settings)
+        sharding.refuse_under_torchrun(settings)
         device = distributed.rank_device(device)
         with distributed.process_group(resolve_device(device)):
             return _dissect(models, layers, concepts, out, concept_names, image_size, channels,
@@ -792,17 +714,6 @@ def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom"
     return _dissect(models, layers, concepts, out, concept_names, image_size, channels,
                     normalization, outputs, task, model_options, concept_options, concept_map,
                     data_roots, settings, device, seed, figures, image_cache, progress)
-
-
-def refuse_under_torchrun(settings: DissectSettings) -> None:
-    """What a sharded run does not do (yet): the chance baselines, whose draws pair images across
-    shards (shuffle) or need state not merged over ranks (rotation, random-init)."""
-    refused = [flag for flag, on in (("--null shuffle", settings.null_permutations),
-                                     ("--null rotation", settings.null_rotations),
-                                     ("--null random-init", settings.null_random_init)) if on]
-    if refused:
-        raise UsageError(f"{', '.join(refused)}: not available under torchrun; run it as one "
-                         f"process (python -m cxrsem dissect ...)")
 
 
 def _dissect(models, layers, concepts, out, concept_names, image_size, channels, normalization,
@@ -911,7 +822,7 @@ def _dissect_all(model_paths, out, layers, concepts, concept_options, concept_ma
 def _write_model(result: ModelDissection, model_dir: Path, settings: DissectSettings, seed: int,
                  device: torch.device, figures: bool, progress: Progress) -> None:
     if result.top_maps:  # torchrun: the figures read the top images' maps gathered from all ranks
-        result = replace(result, cache=_GatheredMaps(result.cache, result.top_maps))
+        result = replace(result, cache=sharding.GatheredMaps(result.cache, result.top_maps))
     for layer_result in result.layers:
         if settings.bootstrap and layer_result.image_stats is not None:
             progress("phase", name=f"bootstrap {layer_result.layer}", total=None)

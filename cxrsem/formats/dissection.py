@@ -133,7 +133,10 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
         "num_detectors": int(detector.sum()),
         "unique_concepts": len(counts),
         "stats": {"upsampled_fraction": layer.upsampled_fraction,
-                  "cache_reused": result.cache_reused, "timings_s": result.timings},
+                  "cache_reused": result.cache_reused, "timings_s": result.timings,
+                  # How the run was split (torchrun); the results do not depend on it.
+                  "distributed": getattr(result, "distributed", None)
+                  or {"world_size": 1, "backend": None}},
         **({"image_stats": image_stats_block(stats)} if stats is not None else {}),
         **({"bootstrap": layer.bootstrap} if getattr(layer, "bootstrap", None) else {}),
         **({"sensitivity": layer.sensitivity} if getattr(layer, "sensitivity", None) else {}),
