@@ -418,3 +418,79 @@ def _swap_into_place(new: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(new, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class ServedImages:
+    """Mixin for a dataset of image files: ``cxrsem prepare`` can store them, a prepared store
+    serves them, and an unreadable file is warned about once and the next readable one served in
+    its place.  Built-in loaders and plugins (cxrsem-xrv) share it.
+
+    The class sets ``name``, ``image_size`` and ``files`` (paths as strings, item order), calls
+    :meth:`_init_served` with its reader's tag (:func:`reader_tag`: which decoder a stored row
+    came from) and implements ``_decode(j)``, which raises :class:`DataError` for a file it cannot
+    read.  ``unreadable_warning`` is the warning category of a skipped file.
+    """
+
+    name: str
+    image_size: int
+    files: list[str]
+    unreadable_warning: type[Warning] = UserWarning
+
+    def _init_served(self, reader: str) -> None:
+        self._reader_tag = reader
+        self._bad: set[int] = set()
+        self._cache: CacheLookup | None = None
+
+    def _decode(self, j: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def paths(self) -> list[Path]:
+        """The image files, in item order."""
+        return [Path(f) for f in self.files]
+
+    def _index(self, index: int) -> int:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"{self.name}: index {index} out of range for {n} items")
+        return index
+
+    def image_sources(self) -> ImageSources:
+        """The files and decoder ``cxrsem prepare`` stores."""
+        return ImageSources(files=self.files, size=self.image_size, reader=self._reader_tag,
+                            decode=self._decode)
+
+    def use_image_cache(self, cache_dir: Path | None) -> None:
+        """Serve the images prepared under ``cache_dir`` (unchanged files only) instead of decoding."""
+        self._cache = lookup(self.files, self.image_size, self._reader_tag, cache_dir)
+
+    @property
+    def image_cache_state(self) -> dict[str, Any] | None:
+        """Which prepared stores serve how many images (None: every image is decoded)."""
+        return None if not self._cache else {"folders": self._cache.folders, "images": self._cache.count}
+
+    def _cache_lines(self) -> list[str]:
+        return [self._cache.describe(len(self))] if self._cache else []
+
+    def _load(self, index: int) -> tuple[int, torch.Tensor]:
+        """Item ``index``'s image, or the next readable one's: ``(served item, image)``."""
+        n = len(self)
+        for step in range(n):
+            j = (index + step) % n
+            if j in self._bad:
+                continue
+            hit = self._cache.hits[j] if self._cache else None
+            if hit is not None:
+                return j, hit[0].image(hit[1])
+            try:
+                return j, self._decode(j)
+            except DataError as exc:
+                self._bad.add(j)
+                warnings.warn(f"{self.name}: unreadable image skipped, the next readable one is "
+                              f"served in its place: {exc}", self.unreadable_warning, stacklevel=3)
+        raise DataError(f"{self.name}: none of its {n:,} images can be read")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cxrsem import plugins
+from cxrsem.attribution import attribute
 from cxrsem.dissection import DissectSettings, dissect
 from cxrsem.testing import TestKitPlugin, tiny_checkpoint
 from cxrsem.training import TrainConfig, train
@@ -53,3 +54,15 @@ def test_chance_baselines_on_cuda_equal_cpu(tmp_path):
     assert cuda.nulls["shuffle"]["num_significant"] == cpu.nulls["shuffle"]["num_significant"]
     assert abs(cuda.nulls["rotation"]["num_detectors"]["mean"]
                - cpu.nulls["rotation"]["num_detectors"]["mean"]) <= 1
+
+
+def test_attribution_on_cuda_equals_cpu(tmp_path):
+    """Integrated Gradients at an inner layer: the same unit scores on the GPU as on the CPU (to
+    float32 rounding of the convolutions' different summation order)."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    runs = {device: attribute(images, ckpt, "features", device=device, render=False)
+            for device in ("cpu", "cuda")}
+    for cpu, cuda in zip(runs["cpu"].results, runs["cuda"].results, strict=True):
+        np.testing.assert_allclose(cuda.contributions, cpu.contributions, rtol=1e-3, atol=1e-5)
+        assert cuda.data["target"] == cpu.data["target"]

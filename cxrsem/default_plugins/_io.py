@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrsem.errors import DataError
-from cxrsem.imagecache import CacheLookup, ImageSources, lookup, reader_tag
+from cxrsem.imagecache import ServedImages, reader_tag
 from cxrsem.imageio import image_size, read_image, to_tensor
 
 __all__ = [
@@ -372,10 +372,11 @@ def index_images(folders: Iterable[Path],
 # The two data contracts
 
 
-class _Images(Dataset):
+class _Images(ServedImages, Dataset):
     """Image paths + ids, decoding with replacement of unreadable files (warned once each)."""
 
     name = "dataset"
+    unreadable_warning = DataWarning
 
     def __init__(self, *, name: str, image_size: int, paths: Sequence[str | Path],
                  ids: Sequence[str], reader: Callable[[Path], np.ndarray] = read_image) -> None:
@@ -387,62 +388,11 @@ class _Images(Dataset):
         self.files = [os.fspath(p) for p in paths]
         self.ids = list(ids)
         self._reader = reader
-        self._bad: set[int] = set()
-        self._cache: CacheLookup | None = None
+        self._init_served(reader_tag(reader))
         self.problems: list[str] = []  # the DataWarning messages raised while building
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def paths(self) -> list[Path]:
-        """The image files, in item order."""
-        return [Path(f) for f in self.files]
-
-    def _index(self, index: int) -> int:
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"{self.name}: index {index} out of range for {n} items")
-        return index
 
     def _decode(self, j: int) -> torch.Tensor:
         return to_tensor(self._reader(self.files[j]), self.image_size)
-
-    def image_sources(self) -> ImageSources:
-        """The files and decoder ``cxrsem prepare`` stores (see :mod:`cxrsem.imagecache`)."""
-        return ImageSources(files=self.files, size=self.image_size, reader=reader_tag(self._reader),
-                            decode=self._decode)
-
-    def use_image_cache(self, cache_dir: Path | None) -> None:
-        """Serve the images prepared under ``cache_dir`` (unchanged files only) instead of decoding."""
-        self._cache = lookup(self.files, self.image_size, reader_tag(self._reader), cache_dir)
-
-    @property
-    def image_cache_state(self) -> dict[str, Any] | None:
-        """Which prepared stores serve how many images (None: every image is decoded)."""
-        return None if not self._cache else {"folders": self._cache.folders, "images": self._cache.count}
-
-    def _cache_lines(self) -> list[str]:
-        return [self._cache.describe(len(self))] if self._cache else []
-
-    def _load(self, index: int) -> tuple[int, torch.Tensor]:
-        n = len(self)
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad:
-                continue
-            hit = self._cache.hits[j] if self._cache else None
-            if hit is not None:
-                return j, hit[0].image(hit[1])
-            try:
-                return j, self._decode(j)
-            except DataError as exc:
-                self._bad.add(j)
-                warnings.warn(f"{self.name}: unreadable image skipped, the next readable one is "
-                              f"served in its place: {exc}", DataWarning, stacklevel=3)
-        raise DataError(f"{self.name}: none of its {fmt(n)} images can be read")
 
 
 class TrainingDataset(_Images):

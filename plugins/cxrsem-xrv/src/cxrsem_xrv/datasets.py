@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from cxrsem.components import ConceptSetInfo, DatasetInfo, Option
 from cxrsem.errors import DataError, UsageError
+from cxrsem.imagecache import ServedImages
 from cxrsem.imageio import to_tensor
 
 from cxrsem_xrv.models import import_xrv
@@ -490,7 +491,7 @@ def _options_line(spec: XrvSpec, options: dict[str, Any]) -> str:
 # The two cxrsem data contracts
 
 
-class _XrvImages(torch.utils.data.Dataset):
+class _XrvImages(ServedImages, torch.utils.data.Dataset):
     """Items of an xrv dataset, decoded by xrv's own ``__getitem__`` and converted to cxrsem's
     images; an image that fails to decode is warned about once and the next one served.
 
@@ -500,6 +501,8 @@ class _XrvImages(torch.utils.data.Dataset):
     prepared from the same files is not mixed up with xrv's decoding (xrv reads the first channel
     of a colour image, cxrsem its luminance).
     """
+
+    unreadable_warning = XrvDataWarning
 
     def __init__(self, *, name: str, image_size: int, source: _Source, rows: Sequence[int]) -> None:
         if int(image_size) < 1:
@@ -515,28 +518,11 @@ class _XrvImages(torch.utils.data.Dataset):
         self.csvpath = source.csvpath
         self.problems: list[str] = list(source.problems)
         self.summary: list[str] = []
-        self._bad: set[int] = set()
-        self._reader = f"cxrsem_xrv:{type(source.ds).__name__}"
-        self._cache: Any = None
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @property
-    def paths(self) -> list[Path]:
-        return [Path(f) for f in self.files]
+        self._init_served(f"cxrsem_xrv:{type(source.ds).__name__}")
 
     def groups(self) -> list[str]:
         """The patient of every item (see the module docstring of each class's key)."""
         return list(self._groups)
-
-    def _index(self, index: int) -> int:
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"{self.name}: index {index} out of range for {n} items")
-        return index
 
     def decode(self, j: int) -> torch.Tensor:
         """Item ``j``'s image as xrv's ``__getitem__`` reads it, in [0, 1] at the image size."""
@@ -544,51 +530,12 @@ class _XrvImages(torch.utils.data.Dataset):
             sample = self._xrv[self._rows[j]]
         return to_tensor(from_xrv_pixels(sample["img"]), self.image_size)
 
-    def _decode_or_data_error(self, j: int) -> torch.Tensor:
+    def _decode(self, j: int) -> torch.Tensor:
         try:
             return self.decode(j)
-        except Exception as exc:
-            raise DataError(f"{self.name}: cannot read {self.files[j]}: {type(exc).__name__}: "
+        except Exception as exc:  # whatever skimage, pydicom or xrv's range check raise
+            raise DataError(f"cannot read {self.files[j]}: {type(exc).__name__}: "
                             f"{_first_line(exc)}") from None
-
-    def image_sources(self) -> Any:
-        """The files and decoder ``cxrsem prepare`` stores."""
-        from cxrsem.imagecache import ImageSources
-
-        return ImageSources(files=self.files, size=self.image_size, reader=self._reader,
-                            decode=self._decode_or_data_error)
-
-    def use_image_cache(self, cache_dir: Path | None) -> None:
-        """Serve the rows ``cxrsem prepare`` stored under ``cache_dir`` for unchanged files."""
-        from cxrsem.imagecache import lookup
-
-        self._cache = lookup(self.files, self.image_size, self._reader, cache_dir)
-
-    @property
-    def image_cache_state(self) -> dict[str, Any] | None:
-        """Which prepared stores serve how many images (None: every image is decoded)."""
-        return None if not self._cache else {"folders": self._cache.folders, "images": self._cache.count}
-
-    def _cache_lines(self) -> list[str]:
-        return [self._cache.describe(len(self))] if self._cache else []
-
-    def _load(self, index: int) -> tuple[int, torch.Tensor]:
-        n = len(self)
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad:
-                continue
-            hit = self._cache.hits[j] if self._cache else None
-            if hit is not None:
-                return j, hit[0].image(hit[1])
-            try:
-                return j, self.decode(j)
-            except Exception as exc:  # whatever skimage, pydicom or xrv's range check raise
-                self._bad.add(j)
-                warnings.warn(f"{self.name}: unreadable image {self.files[j]} skipped, the next readable "
-                              f"one is served in its place: {type(exc).__name__}: {_first_line(exc)}",
-                              XrvDataWarning, stacklevel=3)
-        raise DataError(f"{self.name}: none of its {n:,} images can be read")
 
 
 class XrvDataset(_XrvImages):
