@@ -143,7 +143,8 @@ def _read_toml_quietly(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _read_json(path: Path, warnings: list[str], what: str) -> dict[str, Any] | None:
+def read_json(path: Path, warnings: list[str], what: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None with a line in ``warnings`` saying why it was skipped."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -158,7 +159,8 @@ def _read_json(path: Path, warnings: list[str], what: str) -> dict[str, Any] | N
     return data
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite JSON number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     value = float(value)
@@ -205,7 +207,7 @@ def load_dissections(dirs: Sequence[str | Path], warnings: list[str]) -> list[Di
             if key in seen:
                 continue
             seen.add(key)
-            data = _read_json(path, warnings, "dissection result")
+            data = read_json(path, warnings, "dissection result")
             if data is None:
                 continue
             try:

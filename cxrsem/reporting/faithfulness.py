@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrsem.reporting.collect import _number, _read_json, find_files
+from cxrsem.reporting.collect import find_files, finite_number, read_json
 
 SCHEMA = "cxrsem-verify/1"
 
@@ -102,7 +102,7 @@ class Verification:
 def _estimate(value: Any) -> Estimate:
     if not isinstance(value, Mapping):
         raise ValueError("an estimate is not an object")
-    return Estimate(_number(value.get("value")), _number(value.get("low")), _number(value.get("high")))
+    return Estimate(*(finite_number(value.get(key)) for key in ("value", "low", "high")))
 
 
 def _curve(data: Any) -> Curve:
@@ -128,12 +128,12 @@ def parse_verification(path: Path, data: Mapping[str, Any]) -> Verification:
         raise ValueError("it has no curves")
     random = _curve(data["random"]) if data.get("random") is not None else None
     comparisons = [Comparison(str(c.get("first")), str(c.get("second")), _estimate(c.get("difference")),
-                              _number(c.get("p_value")), _number(c.get("p_adjusted")))
+                              finite_number(c.get("p_value")), finite_number(c.get("p_adjusted")))
                    for c in data.get("aopc_comparisons") or [] if isinstance(c, Mapping)]
     concepts = [ConceptAblation(str(c.get("concept")), len(c.get("units") or []),
                                 _estimate(c.get("change")), _estimate(c.get("random_change")),
                                 _estimate(c["excess"]) if c.get("excess") else None,
-                                _number(c.get("excess_p")))
+                                finite_number(c.get("excess_p")))
                 for c in data.get("concept_ablation") or [] if isinstance(c, Mapping)]
     local = data.get("localisation") if isinstance(data.get("localisation"), Mapping) else {}
     rows = []
@@ -148,9 +148,9 @@ def parse_verification(path: Path, data: Mapping[str, Any]) -> Verification:
     return Verification(
         path=path, model=str(data.get("model") or "?"), layer=str(data.get("layer") or "?"),
         images=int(data.get("images") or 0), split=str(data.get("split") or "?"),
-        metric=str(data.get("metric") or "?"), metric_value=_number(data.get("metric_value")),
+        metric=str(data.get("metric") or "?"), metric_value=finite_number(data.get("metric_value")),
         resamples=resamples if isinstance(resamples, int) else None,
-        confidence=_number(settings.get("confidence")), curves=curves, random=random,
+        confidence=finite_number(settings.get("confidence")), curves=curves, random=random,
         comparisons=comparisons, concepts=concepts, localisation=rows,
         localisation_sets=[str(s) for s in local.get("concept_sets") or []],
         localisation_images=int(local.get("images") or 0),
@@ -177,7 +177,7 @@ def load_verifications(roots: Sequence[str | Path], warnings: list[str],
             if path.resolve() in seen:
                 continue
             seen.add(path.resolve())
-            data = _read_json(path, warnings, "verify result")
+            data = read_json(path, warnings, "verify result")
             if data is None:
                 continue
             try:
