@@ -10,7 +10,6 @@ the comparison is of the statistics, which are exact given the activations.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,31 +19,7 @@ import pytest
 
 from cxrsem.engine import distributed
 from cxrsem.testing import mini_densenet, tiny_checkpoint
-
-TIMEOUT_S = 120
-REPO = Path(__file__).resolve().parents[1]
-
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun subprocesses")
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    return env
-
-
-def _torchrun(args: list[str], procs: int = 2) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={procs}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=_env(),
-                          cwd=REPO)
-
-
-def _single(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, env=_env(), cwd=REPO)
+from tests.torchrun_launch import REPO, TIMEOUT_S, env, free_port, single, torchrun
 
 
 def _layer_folder(out: Path) -> Path:
@@ -61,9 +36,9 @@ def test_torchrun_dissection_equals_one_process_bit_for_bit(tmp_path):
             "--concept-opt", "phantom.n_images=30", "--seg-size", "16", "--batch-size", "4",
             "--device", "cpu", "--iou-threshold", "0.005", "--quantile-sample", "13",
             "--sensitivity", "--bootstrap", "10", "--quiet"]
-    one = _single([*args, "--out", str(tmp_path / "one")])
+    one = single([*args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr
-    many = _torchrun([*args, "--out", str(tmp_path / "many")], procs=3)
+    many = torchrun([*args, "--out", str(tmp_path / "many")], procs=3)
     assert many.returncode == 0, many.stderr + many.stdout
     assert many.stdout.count("results in") == 1  # rank 0 alone reports
 
@@ -94,14 +69,6 @@ def test_torchrun_dissection_equals_one_process_bit_for_bit(tmp_path):
         ["rank-0", "rank-1", "rank-2"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_nodes_on_one_machine_give_the_one_process_result(tmp_path):
     """``--nnodes 2``: two torchrun launches (node ranks 0 and 1) meeting at one rendezvous
     endpoint, one process each, as two machines would."""
@@ -110,14 +77,14 @@ def test_two_nodes_on_one_machine_give_the_one_process_result(tmp_path):
     args = ["-m", "cxrsem", "dissect", "--model", str(model), "--concepts", "phantom",
             "--concept-opt", "phantom.n_images=16", "--seg-size", "16", "--batch-size", "4",
             "--device", "cpu", "--iou-threshold", "0.005", "--no-figures", "--quiet"]
-    one = _single([*args, "--out", str(tmp_path / "one")])
+    one = single([*args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
          "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
          "--rdzv-id=cxrsem-test", *args, "--out", str(tmp_path / "two")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
         for node in (0, 1)]
     try:
         outputs = [node.communicate(timeout=TIMEOUT_S) for node in nodes]
@@ -181,7 +148,7 @@ def test_a_failure_on_one_rank_stops_all_ranks_with_its_message(tmp_path):
     launcher = tmp_path / "launch.py"
     launcher.write_text(_LAUNCHER)
     # 12 images in batches of 2: rank 0 forwards 0..5, rank 1 6..11 and fails on image 9.
-    run = _torchrun([str(launcher), "dissect", "--model", str(model), "--concepts", "broken-blobs",
+    run = torchrun([str(launcher), "dissect", "--model", str(model), "--concepts", "broken-blobs",
                      "--concept-opt", "broken-blobs.bad=9", "--seg-size", "16", "--batch-size",
                      "2", "--device", "cpu", "--no-figures", "--quiet", "--out",
                      str(tmp_path / "out")])
@@ -216,7 +183,7 @@ def test_alone_the_helpers_answer_for_one_process(monkeypatch):
         raise ValueError("an ordinary exception, unchanged")
 
 
-def test_the_chance_baselines_are_refused_under_torchrun(monkeypatch, tmp_path):
+def test_the_chance_baselines_are_refused_undertorchrun(monkeypatch, tmp_path):
     from cxrsem.dissection import DissectSettings, dissect
     from cxrsem.errors import UsageError
 
