@@ -15,10 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def env() -> dict[str, str]:
-    """This environment without any launcher's variables, one thread, the checkout importable."""
+    """This environment without any launcher's variables, one thread, the checkout importable
+    and a wide terminal for rich's tables."""
     out = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    out.update(OMP_NUM_THREADS="1",
+    out.update(OMP_NUM_THREADS="1", COLUMNS="200",  # rich: wide enough for whole table rows
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), out.get("PYTHONPATH")])))
     return out
 

@@ -15,6 +15,7 @@ _LAZY = {
     "SCHEMA": "cxrsem.formats.attribution",
     "AttributionResult": "cxrsem.attribution.api",
     "AttributionRun": "cxrsem.attribution.api",
+    "ShardedAttributionRun": "cxrsem.attribution.sharding",
     "attribute": "cxrsem.attribution.api",
     "Dissection": "cxrsem.formats.dissection",
     "UnitLabel": "cxrsem.formats.dissection",

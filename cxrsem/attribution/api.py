@@ -12,12 +12,15 @@ Outputs in ``out`` (format :mod:`cxrsem.formats.attribution`, documented in ``do
 
 :func:`attribute` is a pipeline of the steps below: check the settings and build the method, find
 the inputs, load and split the model, write the run's config, then explain batch after batch.
+Under ``torchrun`` the same steps run on every rank over its shard of the inputs
+(:mod:`cxrsem.attribution.sharding`), each batch ending in an agreement of the ranks.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,15 @@ from torch import nn
 
 from cxrsem.api import resolve_component
 from cxrsem.attribution.ablation import AblationSettings, ablate_image
-from cxrsem.attribution.inputs import Inputs, batches, collect_images, find_inputs, unique_stems
+from cxrsem.attribution.inputs import (
+    Inputs,
+    batch_ranges,
+    collect_images,
+    find_inputs,
+    input_names,
+    read_batch,
+    stems_of,
+)
 from cxrsem.attribution.methods import (
     LayerAttribution,
     complete,
@@ -38,6 +49,13 @@ from cxrsem.attribution.methods import (
 )
 from cxrsem.attribution.render import figure_panels, render_figure
 from cxrsem.attribution.results import AttributionResult, AttributionRun
+from cxrsem.attribution.sharding import (
+    ShardedAttributionRun,
+    ShardPart,
+    gather_parts,
+    light_record,
+    rounds,
+)
 from cxrsem.attribution.targets import (
     Target,
     default_columns,
@@ -47,6 +65,7 @@ from cxrsem.attribution.targets import (
     values_function,
 )
 from cxrsem.checkpoint import build_model, load_model, state_dict_sha256
+from cxrsem.engine import distributed
 from cxrsem.engine.device import resolve_device
 from cxrsem.engine.layers import resolve_layers
 from cxrsem.engine.preprocess import InputSpec, normalize
@@ -76,7 +95,8 @@ from cxrsem.outputs import (
     write_text,
 )
 
-__all__ = ["SCHEMA", "AttributionResult", "AttributionRun", "attribute", "collect_images"]
+__all__ = ["SCHEMA", "AttributionResult", "AttributionRun", "ShardedAttributionRun", "attribute",
+           "collect_images"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 Progress = Callable[..., None]
@@ -186,8 +206,11 @@ def _write_run_config(out_dir: Path, inputs: Inputs, model: _Model, method: _Met
         "method_opt": [f"{k}={v}" for k, v in options.items()] or None,
         **model.source_options,  # --weights, --num-outputs, ...: the same keys as the options
         "device": str(model.device), "batch_size": batch_size, "out": str(out_dir)}})
-    write_manifest(out_dir, device=str(model.device), extra={"split_path": model.split.path,
-                                                             "split_reason": model.split.reason})
+    extra = {"split_path": model.split.path, "split_reason": model.split.reason}
+    sharded = distributed.describe()  # under torchrun: {"world_size", "backend", "shards"}
+    if sharded is not None:
+        extra["distributed"] = sharded
+    write_manifest(out_dir, device=str(model.device), extra=extra)
 
 
 def _explain(model: _Model, method: _Method, batch: torch.Tensor, target: Target | None,
@@ -202,17 +225,19 @@ def _explain(model: _Model, method: _Method, batch: torch.Tensor, target: Target
 
 
 def _ablate(model: _Model, batch: torch.Tensor, attribution: LayerAttribution,
-            settings: AblationSettings, batch_size: int, first: int) -> list[dict[str, Any]]:
+            settings: AblationSettings, batch_size: int, positions: Sequence[int]
+            ) -> list[dict[str, Any]]:
     """``attribute --ablate``: each image's deletion/insertion curves for the method's top units
     and for random units (:mod:`cxrsem.attribution.ablation`); one head pass for the batch, the
-    ablations as rows of the tail."""
+    ablations as rows of the tail.  The random draws are seeded by each image's position among
+    the inputs (``positions``), so neither the batch size nor the sharding changes them."""
     images = model.spec.prepare(batch, device=model.device, dtype=model.dtype)
     with torch.no_grad():
         activations, extras = model.split.head(images)
     scores = unit_scores(attribution.attributions.detach())
     values = values_function(model.kind, len(model.outputs))
     return [ablate_image(model.split, activations, extras, j, len(images), scores[j], values,
-                         int(attribution.columns[j]), settings, batch_size, first + j
+                         int(attribution.columns[j]), settings, batch_size, positions[j]
                          ).to_json(settings.random_draws, settings.seed)
             for j in range(len(images))]
 
@@ -233,8 +258,9 @@ def _check_finite(model: _Model, attribution: LayerAttribution, names: list[str]
 
 def _results(model: _Model, method: _Method, attribution: LayerAttribution, names: list[str],
              batch: torch.Tensor, target: Target | None, top_k: int,
-             dissection: Dissection | None, stems: Callable[[str], str]) -> list[AttributionResult]:
-    """One :class:`AttributionResult` (and JSON record) per image of the batch."""
+             dissection: Dissection | None, stems: Sequence[str]) -> list[AttributionResult]:
+    """One :class:`AttributionResult` (and JSON record) per image of the batch (``stems``: their
+    output stems)."""
     s_all = attribution.attributions.detach().cpu().to(torch.float64)
     contributions = unit_scores(s_all).numpy()
     preds = prediction_table(model.kind, attribution.logits.detach().cpu().to(torch.float64))
@@ -255,7 +281,7 @@ def _results(model: _Model, method: _Method, attribution: LayerAttribution, name
             predictions=dict(zip(pred_names, preds[j].tolist(), strict=True)), s=s,
             contrib=contrib, f_a=None if f_a is None else float(f_a[j]),
             f_0=None if f_0 is None else float(f_0[j]), top_k=top_k, dissection=dissection)
-        results.append(AttributionResult(image=name, stem=stems(name), data=data,
+        results.append(AttributionResult(image=name, stem=stems[j], data=data,
                                          attributions=s.astype(np.float32), contributions=contrib,
                                          input_image=batch[j, 0].numpy()))
     return results
@@ -312,6 +338,13 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     is written.  An image's files never take a run file's name
     (``manifest.png`` gives ``manifest-image.json``, see :data:`~.inputs.RESERVED_STEMS`).
     Non-finite activations at ``layer`` are refused (:class:`~cxrsem.errors.DataError`).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the inputs are sharded over the processes in
+    contiguous whole batches (docs/attribution.md, "Under torchrun"): each rank explains and writes
+    its own images' files, rank 0 writes ``config.toml``, ``manifest.json``, ``summary.csv`` and
+    ``concepts.csv`` (identical to one process's), and each rank returns a
+    :class:`~.sharding.ShardedAttributionRun`: its own results, plus every rank's records and
+    skipped images in input order.  A failure on any rank stops every rank with one line.
     """
     chosen_method = _build_method(method, rule, steps, method_options)
     ablation = AblationSettings() if ablate is True else (ablate or None)
@@ -326,23 +359,47 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
         raise UsageError(f"unknown dtype {dtype!r}; use float32 or float64")
     emit = progress or (lambda *_a, **_k: None)
 
-    inputs = find_inputs(images)  # a typo in a path fails before the model is loaded
-    model, target_spec = _load_model(checkpoint, layer, target, device, dtype, split,
-                                     image_size=images.shape[-1] if isinstance(images, torch.Tensor)
-                                     else None, model_options=model_options)
-    dissect = None if dissection is None else load_dissection(
-        dissection, layer=model.layer, sha256=model.sha256, num_units=model.num_units,
-        model_name=Path(model.path).name)
+    def run(device: str | torch.device) -> AttributionRun:
+        inputs = find_inputs(images)  # a typo in a path fails before the model is loaded
+        model, target_spec = _load_model(
+            checkpoint, layer, target, device, dtype, split,
+            image_size=images.shape[-1] if isinstance(images, torch.Tensor) else None,
+            model_options=model_options)
+        dissect = None if dissection is None else load_dissection(
+            dissection, layer=model.layer, sha256=model.sha256, num_units=model.num_units,
+            model_name=Path(model.path).name)
+        if out is None:
+            return _attribute_into(None, inputs, model, chosen_method, target_spec, dissect,
+                                   dissection, target, top_k, batch_size, render, emit, ablation)
+        with _output_folder(out) as out_dir:
+            return _attribute_into(out_dir, inputs, model, chosen_method, target_spec, dissect,
+                                   dissection, target, top_k, batch_size, render, emit, ablation)
 
-    if out is None:
-        return _attribute_into(None, inputs, model, chosen_method, target_spec, dissect,
-                               dissection, target, top_k, batch_size, render, emit, ablation)
-    with output_dir(out, scaffolding=("config.toml", "manifest.json", ATTRIBUTION_LOCK)) as out_dir, \
-            FolderLock(out_dir, what=f"attribution folder {out_dir}", path=out_dir / ATTRIBUTION_LOCK):
-        _remove_stale_temporaries(out_dir)
-        return _attribute_into(out_dir, inputs, model, chosen_method, target_spec, dissect,
-                               dissection, target, top_k, batch_size, render, emit, ablation)
+    if not distributed.requested():
+        return run(device)
+    # Under torchrun: one process group for the call, each rank on its own device (cuda:LOCAL_RANK
+    # for auto/cuda).  The steps before the group are the same on every rank (they read the same
+    # files), so they fail alike without a collective.
+    device = distributed.rank_device(device)
+    with distributed.process_group(resolve_device(device)):
+        return run(device)
 
+
+@contextmanager
+def _output_folder(out: str | Path) -> Iterator[Path]:
+    """The attribution folder, created, locked and cleaned of stale temporaries by rank 0 alone
+    (one process: by it) while the other ranks wait; a failure there (a locked folder, a file in
+    the way) stops every rank with its one line.  The folder a failed call created is removed again
+    when nothing but the run's scaffolding was written (by rank 0, once every rank has stopped)."""
+    with ExitStack() as stack:
+        with distributed.step("output folder"):
+            if distributed.is_main():
+                out_dir = stack.enter_context(output_dir(
+                    out, scaffolding=("config.toml", "manifest.json", ATTRIBUTION_LOCK)))
+                stack.enter_context(FolderLock(out_dir, what=f"attribution folder {out_dir}",
+                                               path=out_dir / ATTRIBUTION_LOCK))
+                _remove_stale_temporaries(out_dir)
+        yield Path(out)
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
@@ -357,51 +414,77 @@ def _attribute_into(out_dir: Path | None, inputs: Inputs, model: _Model, chosen_
                     dissection: str | Path | None, target: str | int | None, top_k: int,
                     batch_size: int, render: bool, emit: Progress,
                     ablation: AblationSettings | None = None) -> AttributionRun:
-    if out_dir is not None:
-        _write_run_config(out_dir, inputs, model, chosen_method, dissection, target, top_k,
-                          batch_size)
+    """Explain this rank's inputs batch after batch (one process: all of them), write their files,
+    then (rank 0) the run's tables from every rank's rows, in input order."""
+    main = distributed.is_main()
+    with distributed.step("run config"):
+        if out_dir is not None and main:
+            _write_run_config(out_dir, inputs, model, chosen_method, dissection, target, top_k,
+                              batch_size)
     emit("start", total=len(inputs), path=model.split.path, reason=model.split.reason,
          layer=model.layer, device=str(model.device))
 
     results: list[AttributionResult] = []
-    rows: list[dict[str, Any]] = []  # summary.csv, in input order
     skipped: list[tuple[str, str]] = []
+    part = ShardPart()  # this rank's summary.csv rows and records, by input position
 
-    def skip(image: str, reason: str) -> None:
+    def skip(position: int, image: str, reason: str) -> None:
         skipped.append((image, reason))
-        rows.append(skipped_row(image, reason))
+        part.rows.append((position, skipped_row(image, reason)))
+        part.skipped.append((position, image, reason))
         emit("skipped", image=image, reason=reason)
 
-    stems = unique_stems(inputs.tensor is not None)
-    for names, batch in batches(inputs, model.spec.size, batch_size, skip):
-        attribution = _explain(model, chosen_method, batch, target_spec, batch_size)
-        _check_finite(model, attribution, names)
-        batch_results = _results(model, chosen_method, attribution, names, batch, target_spec,
-                                 top_k, dissect, stems)
-        if ablation is not None:
-            curves = _ablate(model, batch, attribution, ablation, batch_size, len(results))
-            for result, curve in zip(batch_results, curves, strict=True):
-                result.data["ablation"] = curve
-        for result in batch_results:
-            if out_dir is not None:
-                _write(result, out_dir, render)
-            results.append(result)
-            rows.append(summary_row(result.image, result.data,
-                                    result.json_path.name if result.json_path else ""))
-            emit("image", result=result)
+    # Stems of all inputs, in input order, on every rank: unique across the ranks' files.
+    stems = stems_of(input_names(inputs), inputs.tensor is not None)
+    blocks = batch_ranges(distributed.batch_shard(len(inputs), batch_size), batch_size)
+    for index in range(rounds(len(inputs), batch_size)):
+        # One agreement per batch: a failure on any rank stops all of them after this batch.
+        with distributed.step("attribution"):
+            if index >= len(blocks):
+                continue  # this rank's shard has one batch fewer
+            positions, names, batch = read_batch(inputs, blocks[index], model.spec.size, skip)
+            if batch is None:
+                continue
+            attribution = _explain(model, chosen_method, batch, target_spec, batch_size)
+            _check_finite(model, attribution, names)
+            batch_results = _results(model, chosen_method, attribution, names, batch,
+                                     target_spec, top_k, dissect, [stems[i] for i in positions])
+            if ablation is not None:
+                curves = _ablate(model, batch, attribution, ablation, batch_size, positions)
+                for result, curve in zip(batch_results, curves, strict=True):
+                    result.data["ablation"] = curve
+            for position, result in zip(positions, batch_results, strict=True):
+                if out_dir is not None:
+                    _write(result, out_dir, render)
+                results.append(result)
+                part.rows.append((position, summary_row(
+                    result.image, result.data, result.json_path.name if result.json_path else "")))
+                part.records.append((position, light_record(result)))
+                emit("image", result=result)
 
-    run = AttributionRun(results=results, skipped=skipped, layer=model.layer,
-                         path=model.split.path, split_reason=model.split.reason,
-                         model_sha256=model.sha256, out=out_dir)
+    whole = gather_parts(part)  # every rank's rows and records, in input order
+    fields = {"results": results, "skipped": skipped, "layer": model.layer,
+              "path": model.split.path, "split_reason": model.split.reason,
+              "model_sha256": model.sha256, "out": out_dir}
+    run = AttributionRun(**fields) if not distributed.active() else ShardedAttributionRun(
+        **fields, rank=distributed.rank(), world_size=distributed.world_size(),
+        all_images=[record for _, record in whole.records],
+        all_skipped=[(image, reason) for _, image, reason in whole.skipped])
     if out_dir is not None and inputs.batch_mode:
         columns = list(SUMMARY_COLUMNS) + (
             ablation_columns(ablation.ks_for(model.num_units)) if ablation is not None else [])
-        run.summary_csv = write_text(out_dir / "summary.csv", csv_text(rows, columns))
-        if dissect is not None and results:
-            run.concepts_csv = write_text(out_dir / "concepts.csv", csv_text(
-                concept_rows([r.data for r in results]), CONCEPT_COLUMNS))
-    if not results:
+        with_concepts = dissect is not None and bool(whole.records)
+        with distributed.step("writing summary.csv"):
+            if main:
+                write_text(out_dir / "summary.csv", csv_text([row for _, row in whole.rows],
+                                                             columns))
+                if with_concepts:
+                    write_text(out_dir / "concepts.csv", csv_text(
+                        concept_rows([r.data for _, r in whole.records]), CONCEPT_COLUMNS))
+        run.summary_csv = out_dir / "summary.csv"
+        run.concepts_csv = out_dir / "concepts.csv" if with_concepts else None
+    if not whole.records:  # the same decision, and message, on every rank
         where = f"; see {run.summary_csv}" if run.summary_csv is not None else ""
-        raise DataError(f"none of the {len(skipped)} image(s) could be read{where}")
+        raise DataError(f"none of the {len(whole.skipped)} image(s) could be read{where}")
     emit("done", run=run)
     return run

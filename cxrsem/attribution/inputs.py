@@ -70,29 +70,58 @@ def find_inputs(images: str | Path | Sequence[str | Path] | torch.Tensor) -> Inp
     return Inputs(paths, None, batch_mode, preloaded)
 
 
+def input_names(inputs: Inputs) -> list[str]:
+    """The name of every input, in input order: its path, or ``image-NNN`` for a tensor's rows."""
+    if inputs.tensor is not None:
+        return [f"image-{i:03d}" for i in range(len(inputs))]
+    return [str(path) for path in inputs.paths]
+
+
+def read_batch(inputs: Inputs, positions: range, size: int,
+               skip: Callable[[int, str, str], None]
+               ) -> tuple[list[int], list[str], torch.Tensor | None]:
+    """The inputs at ``positions`` as ``(positions read, names, images [B, 1, S, S] in [0, 1])``
+    (``None`` when none could be read); an unreadable file of a batch run goes to
+    ``skip(position, path, reason)``, of a single-image run it raises."""
+    kept: list[int] = []
+    names: list[str] = []
+    pictures: list[torch.Tensor] = []
+    for i in positions:
+        if inputs.tensor is not None:
+            kept.append(i)
+            names.append(f"image-{i:03d}")
+            pictures.append(to_tensor(inputs.tensor[i].detach().to(torch.float32).cpu(), size))
+            continue
+        path = inputs.paths[i]
+        try:
+            array = inputs.preloaded.pop(i) if i in inputs.preloaded else read_image(path)
+            pictures.append(to_tensor(array, size))
+        except CxrsemError as exc:
+            if not inputs.batch_mode:
+                raise
+            skip(i, str(path), str(exc))
+            continue
+        kept.append(i)
+        names.append(str(path))
+    return kept, names, torch.stack(pictures) if pictures else None
+
+
+def batch_ranges(positions: range, batch_size: int) -> list[range]:
+    """``positions`` cut into batches of ``batch_size`` from its start (a shard of whole batches
+    starts on a multiple of the batch size, so its batches are those of one process)."""
+    return [range(start, min(start + batch_size, positions.stop))
+            for start in range(positions.start, positions.stop, batch_size)]
+
+
 def batches(inputs: Inputs, size: int, batch_size: int, skip: Callable[[str, str], None]
-             ) -> Iterator[tuple[list[str], torch.Tensor]]:
+            ) -> Iterator[tuple[list[str], torch.Tensor]]:
     """``(names, images [B, 1, S, S] in [0, 1])`` batch after batch; unreadable files of a batch
     run go to ``skip(path, reason)``."""
-    for start in range(0, len(inputs), batch_size):
-        names: list[str] = []
-        pictures: list[torch.Tensor] = []
-        for i in range(start, min(start + batch_size, len(inputs))):
-            if inputs.tensor is not None:
-                names.append(f"image-{i:03d}")
-                pictures.append(to_tensor(inputs.tensor[i].detach().to(torch.float32).cpu(), size))
-                continue
-            path = inputs.paths[i]
-            try:
-                array = inputs.preloaded.pop(i) if i in inputs.preloaded else read_image(path)
-                pictures.append(to_tensor(array, size))
-                names.append(str(path))
-            except CxrsemError as exc:
-                if not inputs.batch_mode:
-                    raise
-                skip(str(path), str(exc))
-        if pictures:
-            yield names, torch.stack(pictures)
+    for block in batch_ranges(range(len(inputs)), batch_size):
+        _, names, pictures = read_batch(inputs, block, size,
+                                        lambda _i, image, reason: skip(image, reason))
+        if pictures is not None:
+            yield names, pictures
 
 
 # The files of the run itself: an image's outputs must never take these names.
@@ -120,3 +149,11 @@ def unique_stems(tensor_input: bool) -> Callable[[str], str]:
         return unique
 
     return stem
+
+
+def stems_of(names: Sequence[str], tensor_input: bool) -> list[str]:
+    """Every input's output stem (:func:`unique_stems`), in input order, unreadable inputs
+    included: an image's file names depend on the inputs before it, never on whether they could be
+    read, so every rank of a sharded run computes the same stems for all inputs."""
+    stem = unique_stems(tensor_input)
+    return [stem(name) for name in names]

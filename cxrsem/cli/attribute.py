@@ -32,14 +32,17 @@ from cxrsem.cli._options import (
     require_model,
 )
 from cxrsem.defaults import default_out, images_run_name
+from cxrsem.engine import distributed
 from cxrsem.options import parse_assignments
 
 
 class _AttributionProgress:
-    """Skipped images as warnings on stderr; a note on which split path runs."""
+    """Skipped images as warnings on stderr (under torchrun by the rank that read them, so each
+    is printed once); a note on which split path runs (rank 0 alone)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, main_rank: bool = True) -> None:
         self.console = console
+        self.main_rank = main_rank
 
     def __call__(self, event: str, **info: Any) -> None:
         if event == "skipped":
@@ -47,7 +50,7 @@ class _AttributionProgress:
             # escape(): paths and reasons are the user's text, not rich markup
             self.console.print(f"[yellow]Warning:[/yellow] skipped {escape(str(info['image']))}: "
                                f"{escape(str(info['reason']))}", highlight=False, soft_wrap=True)
-        elif event == "start" and info.get("reason"):
+        elif event == "start" and info.get("reason") and self.main_rank:
             self.console.print(f"split: {info['path']} ({info['reason']})", style="dim",
                                highlight=False, markup=False)
 
@@ -100,6 +103,8 @@ def attribute(
     layer = layer_or_default(layer, model, sources)
     out = out or default_out("attribute", images_run_name(images))
     err = Console(stderr=True)
+    # Under torchrun only rank 0 prints the table (every rank's images, gathered by the library).
+    main_rank = distributed.launched_rank() == 0
     with warnings.catch_warnings():
         # The library's DeprecationWarning (--method RULE) is for this user: show it, as one line.
         warnings.simplefilter("always", DeprecationWarning)
@@ -108,12 +113,16 @@ def attribute(
             model_options=sources,
             method=method, rule=rule, steps=steps,
             method_options=parse_assignments(method_opt or [], "--method-opt"), device=device,
-            batch_size=batch_size, out=out, progress=_AttributionProgress(err),
+            batch_size=batch_size, out=out, progress=_AttributionProgress(err, main_rank),
             ablate=AblationSettings(parse_ks(ablate_k), ablate_random) if ablate else False)
+    if not main_rank:
+        return
 
     table = Table(title=escape(f"semantic attribution at {run.layer} ({run.path} path)"))
     columns = ["image", "prediction", "top unit", "concept", "share", "completeness gap"]
-    results = list(run)
+    # Sharded: every rank's images as records (image, data); alone: the results themselves.
+    results = list(getattr(run, "all_images", None) or run)
+    skipped = getattr(run, "all_skipped", None) or run.skipped
     ablated = bool(results) and "ablation" in results[0].data
     if ablated:
         k = results[0].data["ablation"]["ks"][0]
@@ -121,7 +130,7 @@ def attribute(
     for column in columns:  # fold, never cut: names and numbers stay whole on narrow terminals
         table.add_column(column, justify="right" if column in ("share", "top unit") else "left",
                          overflow="fold")
-    for result in run:
+    for result in results:
         data = result.data
         name = data["target"]["name"]
         top = data["top_k"][0]
@@ -137,17 +146,17 @@ def attribute(
             random = curve["random_deletion"]["mean"]
             cells.append(f"{-curve['deletion'][0]:+.3g} ({_fmt(-random[0] if random else None, '+.3g')})")
         table.add_row(*cells)
-    for image, _reason in run.skipped:
+    for image, _reason in skipped:
         table.add_row(escape(Path(image).name), "[yellow]skipped[/yellow]",
                       *["-"] * (len(columns) - 2))
     console = Console()
     console.print(table)
     print_top_labelled(console, results)
-    written = f"{len(run)} attribution(s) in {run.out}"
+    written = f"{len(results)} attribution(s) in {run.out}"
     if run.summary_csv is not None:
         written += f"; summary: {run.summary_csv.name}"
-    if run.skipped:
-        written += f"; {len(run.skipped)} image(s) skipped"
+    if skipped:
+        written += f"; {len(skipped)} image(s) skipped"
     console.print(written, highlight=False, markup=False)
     console.print(f"results in {run.out}", highlight=False, markup=False)
 

@@ -417,7 +417,7 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
         prepared = _prepare_model(model_path, layer_names, source_factory, settings, device,
                                   cache_root, locks, lock_layers, checkpoint)
     checkpoint, model, spec, layers, source, sha, cache = prepared
-    shard = sharding.shard_of(len(source), settings.batch_size)
+    shard = distributed.batch_shard(len(source), settings.batch_size)
     mask_shape = (len(source.concepts), settings.seg_size, settings.seg_size)
     use_cache = settings.use_cache
     while True:
@@ -437,7 +437,7 @@ def dissect_model(model_path: Path, layer_names: Sequence[str],
                                            progress, model_name=str(model_path), shard=shard)
         result = ModelDissection(model_path, sha, checkpoint, source, cache, info["dtype"],
                                  cache_reused=reused)
-        result.distributed = sharding.run_description()
+        result.distributed = distributed.describe()
         result.timings["forward_and_cache"] = time.perf_counter() - started
         try:
             _dissect_layers(result, layers, info, source, settings, device, mask_shape, progress)
@@ -477,7 +477,7 @@ def _prepare_model(model_path, layer_names, source_factory, settings, device, ca
     if distributed.active():
         sharding.check_every_rank_has_images(len(source), settings.batch_size)
         # This rank's cache entry holds only its shard: another split must not reuse it.
-        shard = sharding.shard_of(len(source), settings.batch_size)
+        shard = distributed.batch_shard(len(source), settings.batch_size)
         description["shard"] = {"start": shard.start, "stop": shard.stop,
                                 "world_size": distributed.world_size()}
     cache = DissectionCache(cache_root, cache_key(description), description)
@@ -499,7 +499,7 @@ def _dissect_layers(result: ModelDissection, layers: list[str], info: dict[str, 
     cache = result.cache
     count = info["count"]      # images in this cache entry: all, or this rank's shard
     whole = len(source)
-    shard = sharding.shard_of(whole, settings.batch_size) if distributed.active() \
+    shard = distributed.batch_shard(whole, settings.batch_size) if distributed.active() \
         else range(count)
     if len(shard) != count:
         raise DataError(f"the activation cache {cache.dir} holds {count} images, this process's "

@@ -3,8 +3,8 @@
 :func:`cxrsem.dissection.run.dissect_model` runs the same steps on one process and on many; these
 are the few places where many differ (docs/dissection.md, "Running on many processes"):
 
-- each rank forwards and caches a contiguous run of whole batches (:func:`shard_of`), so every
-  batch holds the same images as on one process;
+- each rank forwards and caches a contiguous run of whole batches (``distributed.batch_shard``),
+  so every batch holds the same images as on one process;
 - T_k: every rank keeps the whole dataset's top-m values per unit of its part, and the gathered
   streams merge into exactly one pass's (:func:`merged_over_ranks`; ``quantile.py``);
 - the tallies are integer sums and disjoint per-image rows, merged exactly (:func:`merge_tallies`);
@@ -27,12 +27,6 @@ from cxrsem.errors import UsageError
 from cxrsem.formats.dissection import is_detector
 
 
-def shard_of(count: int, batch_size: int) -> range:
-    """This rank's images: whole batches, so that every batch of the forward pass holds the same
-    images as on one process (a model's outputs can change in the last bits with the batch)."""
-    return distributed.shard(count, block=batch_size)
-
-
 def check_every_rank_has_images(count: int, batch_size: int) -> None:
     """A rank without images would hold empty statistics and an empty cache: refuse up front."""
     world = distributed.world_size()
@@ -40,15 +34,6 @@ def check_every_rank_has_images(count: int, batch_size: int) -> None:
         raise UsageError(f"{count} images in batches of {batch_size} leave a process of {world} "
                          f"without images: lower --batch-size or start fewer "
                          f"(torchrun --nproc-per-node)")
-
-
-def run_description() -> dict[str, Any] | None:
-    """``{"world_size", "backend", "shards"}`` of a run of several ranks (None alone): recorded in
-    the manifest and in ``dissection.json``."""
-    if not distributed.active():
-        return None
-    return {"world_size": distributed.world_size(), "backend": distributed.backend(),
-            "shards": "contiguous"}
 
 
 def refuse_under_torchrun(settings: Any) -> None:

@@ -116,6 +116,21 @@ def shard(n: int, block: int = 1) -> range:
     return range(min(first * block, n), min(last * block, n))
 
 
+def batch_shard(count: int, batch_size: int) -> range:
+    """This rank's items of ``0..count-1`` for a pass in batches: contiguous whole batches in rank
+    order (rank 0 the first), so every batch holds the items it holds on one process (a model's
+    outputs can change in the last bits with the batch)."""
+    return shard(count, block=batch_size)
+
+
+def describe() -> dict[str, Any] | None:
+    """``{"world_size", "backend", "shards"}`` of a run of several ranks (None alone): what a
+    result's manifest records about how the work was split."""
+    if not active():
+        return None
+    return {"world_size": world_size(), "backend": backend(), "shards": "contiguous"}
+
+
 def all_gather(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable; tensors are moved to the CPU first), in rank order."""
     if not active():
