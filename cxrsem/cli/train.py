@@ -12,7 +12,6 @@ from cxrsem.cli._options import (
     DataRootOption,
     ImageCacheOption,
     QuietOption,
-    batch_size_option,
     component_options,
     data_roots,
     device_option,
@@ -24,6 +23,7 @@ from cxrsem.cli._options import (
 )
 from cxrsem.cli._progress import TrainingProgress
 from cxrsem.defaults import default_out, train_run_name
+from cxrsem.engine import distributed
 from cxrsem.errors import CxrsemError, UsageError
 from cxrsem.training import DEFAULT_TENSORBOARD_DIR, TrainConfig, TrainingInterrupted, resume, train
 
@@ -46,7 +46,9 @@ def train_command(
     loss: str = library_option(_D, "loss", "bce, weighted-bce, mse, weighted-mse, mae-scce, weak-bce, ..."),
     arch: str = library_option(_D, "arch", "Registered architecture."),
     epochs: int = library_option(_D, "epochs", "Epochs to train."),
-    batch_size: int = batch_size_option(_D),
+    batch_size: int = library_option(_D, "batch_size", "Images per optimisation step; under "
+                                     "torchrun the global batch, split evenly over the processes.",
+                                     min=1),
     lr: float = library_option(_D, "lr", "Adam learning rate (no weight decay, as in the paper)."),
     image_size: int = library_option(_D, "image_size", "Input size in pixels."),
     patience: int = library_option(_D, "patience", "Early-stopping patience in epochs."),
@@ -82,6 +84,10 @@ def train_command(
                                                 flag="--dissect-concept"),
     dissect_images: int = library_option(_D, "dissect_images", "Images of the concept sets per "
                                          "quick dissection.", min=1),
+    shuffle: str = library_option(_D, "shuffle", "Training order: generator (one process, as "
+                                  "before), seeded (per-epoch permutation from the seed, the same "
+                                  "for any number of processes; whole batches only), auto (seeded "
+                                  "under torchrun, else generator)."),
     dataset_opt: list[str] | None = typer.Option(None, "--dataset-opt", metavar="NAME=VALUE"),
     loss_opt: list[str] | None = typer.Option(None, "--loss-opt", metavar="NAME=VALUE"),
     arch_opt: list[str] | None = typer.Option(None, "--arch-opt", metavar="NAME=VALUE"),
@@ -90,8 +96,13 @@ def train_command(
     quiet: bool = QuietOption,
     config: Path | None = ConfigOption,
 ) -> None:
-    """Train a model; writes epoch-NNN.pt (epoch-000 = initial), best.pt, last.pt, metrics.jsonl."""
-    progress = TrainingProgress(quiet=quiet)
+    """Train a model; writes epoch-NNN.pt (epoch-000 = initial), best.pt, last.pt, metrics.jsonl.
+
+    Under torchrun (torchrun --nproc-per-node N -m cxrsem train ...) every process trains a
+    DistributedDataParallel replica; only rank 0 shows progress and writes."""
+    # Under torchrun only rank 0 shows progress and the summary (the others run silently).
+    main_rank = distributed.launched_rank() == 0
+    progress = TrainingProgress(quiet=quiet) if main_rank else None
     try:
         if resume_dir is not None:
             _refuse_changes_on_resume(ctx, resume_dir, out)
@@ -115,13 +126,16 @@ def train_command(
                 tensorboard=tensorboard_dir or (DEFAULT_TENSORBOARD_DIR if tensorboard else None),
                 dissect_every=dissect_every, dissect_layer=dissect_layer,
                 dissect_concepts=list(dissect_concept), dissect_images=dissect_images,
+                shuffle=shuffle,
             )
             result = train(train_config, progress=progress)
     except TrainingInterrupted as exc:
         raise _Interrupted(str(exc)) from None
     finally:  # an error or Ctrl-C mid-epoch: leave the terminal clean for the one-line message
-        if progress.bar is not None:
+        if progress is not None and progress.bar is not None:
             progress.bar.stop()
+    if not main_rank:
+        return
     name, value = result.best_metric
     console = Console()
     console.print(f"trained {result.epochs_run} epoch(s); best {name} {value:.4f} at epoch "

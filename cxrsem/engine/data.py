@@ -6,13 +6,20 @@ vectorised ops); then the loader asks for index lists instead of collating singl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
-from cxrsem.errors import DataError
+from cxrsem.errors import DataError, UsageError
 
 
 class _BatchedView(Dataset):
@@ -28,14 +35,63 @@ class _BatchedView(Dataset):
         return self.dataset.batch(list(indices))
 
 
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This rank's part of each global batch of a per-epoch permutation drawn from ``(seed, epoch)``.
+
+    Epoch ``e`` permutes ``0..n-1`` with ``numpy.random.default_rng([seed, e])`` -- a function of
+    the seed and the epoch alone, never of the world size or of any random state -- and cuts it
+    into ``n // batch_size`` global batches of ``batch_size`` images (the last ``n % batch_size``
+    images of the permutation, a different set each epoch, sit this epoch out).  Rank ``r`` of
+    ``world`` takes the ``r``-th contiguous ``batch_size // world`` images of every global batch,
+    so the ranks' parts of one step are together exactly the global batch of one process
+    (``world=1``).  Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, *, rank: int = 0, world: int = 1) -> None:
+        if batch_size % world:
+            raise UsageError(f"--batch-size {batch_size} is the global batch and must divide "
+                             f"evenly among the {world} processes; use a multiple of {world}")
+        if n < batch_size:
+            raise UsageError(f"--batch-size {batch_size} is larger than the {n} training images "
+                             f"(an epoch is whole global batches); lower it")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world = rank, world
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def permutation(self, epoch: int) -> list[int]:
+        """The global order of ``epoch``: the same for every world size."""
+        import numpy as np
+
+        seed = [int(self.seed) % 2**64, int(epoch)]
+        return np.random.default_rng(seed).permutation(self.n).tolist()
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.permutation(self.epoch)
+        local = self.batch_size // self.world
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            first = start + self.rank * local
+            yield order[first:first + local]
+
+
 def make_loader(dataset: Any, *, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None, workers: int = 0,
-                pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset`` that uses its ``batch`` method when it has one."""
+                pin_memory: bool = False, drop_last: bool = False,
+                batch_sampler: Sampler[list[int]] | None = None) -> DataLoader:
+    """A DataLoader over ``dataset`` that uses its ``batch`` method when it has one.
+    ``batch_sampler`` (index lists) replaces the one ``batch_size``/``shuffle`` would build."""
     if len(dataset) == 0:
         raise DataError("the dataset yields zero samples")
-    base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
+    if batch_sampler is not None:
+        sampler = batch_sampler
+    else:
+        base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
     common = {"num_workers": workers, "pin_memory": pin_memory,
               "persistent_workers": workers > 0}
     if hasattr(dataset, "batch"):

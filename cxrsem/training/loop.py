@@ -24,26 +24,37 @@ Nothing lost, nothing mixed:
 Monitoring (``tensorboard``, ``dissect_every``; :mod:`cxrsem.training.monitoring`) writes inside
 the run folder only, is among the run's own files, and never changes the weights: a quick
 dissection runs with every random state restored afterwards.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains one replica in
+DistributedDataParallel (docs/training.md, "Training on several GPUs (DDP)"): ``batch_size`` is
+the global batch, split evenly over the ranks (:class:`~cxrsem.engine.data.GlobalBatchSampler`,
+``shuffle="seeded"``); validation is sharded and gathered, so every rank decides best/early stop/
+learning rate alike; only rank 0 checks, locks and writes the run folder; a failure on any rank
+stops every rank with that rank's one-line message (:func:`cxrsem.engine.distributed.step`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
 import tomllib
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import BatchSampler
 
 from cxrsem.api import build_architecture, build_dataset, build_loss, resolve_component, resolve_root
 from cxrsem.checkpoint import load_checkpoint, make_checkpoint, non_finite, save_checkpoint
-from cxrsem.engine.data import make_loader, to_device
+from cxrsem.engine import distributed
+from cxrsem.engine.data import GlobalBatchSampler, make_loader, to_device
 from cxrsem.engine.device import autocast, resolve_device
 from cxrsem.engine.layers import resolve_layers
 from cxrsem.engine.preprocess import DEFAULT_NORMALIZATION, InputSpec
@@ -61,6 +72,7 @@ from cxrsem.outputs import (
 )
 from cxrsem.plugins import get as get_component
 from cxrsem.tasks import head_size
+from cxrsem.training import distributed as ddp
 from cxrsem.training.init import initialise
 from cxrsem.training.metrics import compute_metrics, primary_metric
 from cxrsem.training.monitoring import (
@@ -94,6 +106,8 @@ class TrainingInterrupted(TrainingError, KeyboardInterrupt):
     ``KeyboardInterrupt`` for Python callers; the CLI exits 130."""
 
     exit_code = 130
+
+SHUFFLES = ("auto", "generator", "seeded")
 
 TASK_WORDS = {
     "multilabel": "multi-label classes",
@@ -134,6 +148,11 @@ class TrainConfig:
     dissect_layer: str | None = None  # the layer it reads (None: the architecture's default_layer)
     dissect_concepts: list[str] = field(default_factory=lambda: ["phantom"])  # concept sets
     dissect_images: int = 100  # the first N images of the concept sets
+    # The training order: "generator" (one process: a torch generator seeded once, its state in
+    # last.pt), "seeded" (a permutation per epoch from (seed, epoch), the same for every number
+    # of processes; whole global batches only), "auto" (seeded under torchrun, else generator;
+    # a run records what it resolved to).
+    shuffle: str = "auto"
 
     def validate(self) -> None:
         checks = [
@@ -147,6 +166,8 @@ class TrainConfig:
             (self.workers >= 0, "--workers must be 0 or more"),
             (self.dissect_every >= 0, "--dissect-every must be 0 (off) or a number of epochs"),
             (self.dissect_images >= 1, "--dissect-images must be at least 1"),
+            (self.shuffle in SHUFFLES, f"--shuffle must be one of {', '.join(SHUFFLES)}, got "
+                                       f"{self.shuffle!r}"),
             (bool(self.dissect_concepts) and all(isinstance(n, str) and n for n in self.dissect_concepts),
              "--dissect-concept must name at least one concept set"),
         ]
@@ -220,7 +241,7 @@ class _Run:
         self.config = config
         self.progress = progress or (lambda event, **info: None)
         self.notes: list[str] = []
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(distributed.rank_device(config.device))  # cuda:LOCAL_RANK
         self.out = Path(config.out)
         self.last_good: tuple[Path, int] | None = None  # (last.pt, its epoch) once written
         self.initial_loss: float | None = None  # the initial model's loss on the first batch
@@ -274,10 +295,25 @@ class _Run:
                                            and not torch.cuda.is_bf16_supported())
         self.generator = torch.Generator().manual_seed(c.seed)
         pin = self.device.type == "cuda"
+        self.train_sampler: GlobalBatchSampler | None = None
+        if c.shuffle == "seeded":
+            self.train_sampler = GlobalBatchSampler(len(self.train_set), c.batch_size, c.seed,
+                                                    rank=distributed.rank(),
+                                                    world=distributed.world_size())
         self.train_loader = make_loader(self.train_set, batch_size=c.batch_size, shuffle=True,
-                                        generator=self.generator, workers=c.workers, pin_memory=pin)
-        self.val_loader = make_loader(self.val_set, batch_size=c.batch_size, workers=c.workers,
-                                      pin_memory=pin)
+                                        generator=self.generator, workers=c.workers, pin_memory=pin,
+                                        batch_sampler=self.train_sampler)
+        self.val_loader: Any = None
+        if distributed.active():  # this rank's contiguous share of whole batches, in order
+            part = distributed.shard(len(self.val_set), block=c.batch_size)
+            if len(part):
+                self.val_loader = make_loader(
+                    self.val_set, batch_size=c.batch_size, workers=c.workers, pin_memory=pin,
+                    batch_sampler=BatchSampler(part, batch_size=c.batch_size, drop_last=False))
+        else:
+            self.val_loader = make_loader(self.val_set, batch_size=c.batch_size, workers=c.workers,
+                                          pin_memory=pin)
+        self.train_model: torch.nn.Module = self.model  # in DDP once run() starts on several ranks
         self.epoch = 0
         self.best_value: float | None = None
         self.best_epoch = 0
@@ -299,12 +335,16 @@ class _Run:
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint(self, metrics: dict[str, Any]) -> dict[str, Any]:
         c = self.config
-        return make_checkpoint(
+        train = {"dataset": c.dataset, "loss": c.loss, "init": c.init, "epoch": self.epoch,
+                 "metrics": metrics, "config": toml_ready(c.as_toml())}
+        processes = ddp.record()
+        if processes is not None:  # {"world_size", "backend"} of the processes that trained it
+            train["distributed"] = processes
+        return make_checkpoint(  # self.model: the plain module, never DDP's ("module." names)
             self.model, arch=c.arch, arch_kwargs=c.arch_options, task_kind=self.task,
             outputs=self.output_names, image_size=self.input_spec.size,
             normalization=self.input_spec.normalization, channels=self.input_spec.channels,
-            train={"dataset": c.dataset, "loss": c.loss, "init": c.init, "epoch": self.epoch,
-                   "metrics": metrics, "config": toml_ready(c.as_toml())})
+            train=train)
 
     def resume_state(self) -> dict[str, Any]:
         return {
@@ -357,8 +397,12 @@ class _Run:
             raise self.diverged(f"weight {found[0]} became non-finite at epoch {self.epoch}")
 
     def save_epoch(self, metrics: dict[str, Any], improved: bool, keep: bool = False) -> None:
-        """``keep``: write ``epoch-NNN.pt`` whatever ``save_every`` says (it is dissected)."""
+        """``keep``: write ``epoch-NNN.pt`` whatever ``save_every`` says (it is dissected).
+        Only rank 0 writes; every rank knows where the last good state is."""
         c = self.config
+        if not distributed.is_main():
+            self.last_good = (self.out / "last.pt", self.epoch)
+            return
         checkpoint = self.checkpoint(metrics)
         if self.epoch == 0 or self.epoch % c.save_every == 0 or self.epoch == c.epochs or keep:
             save_checkpoint(self.out / f"epoch-{self.epoch:03d}.pt", checkpoint)
@@ -413,49 +457,90 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------
     def train_epoch(self) -> float:
-        self.model.train()
+        """Mean training loss of the epoch (over every rank's images under DDP)."""
+        model = self.train_model
+        model.train()
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(self.epoch)
+        several = distributed.active()
         total, count = 0.0, 0
         started = time.perf_counter()
         self.progress("epoch_start", epoch=self.epoch, epochs=self.config.epochs,
                       batches=len(self.train_loader))
-        for index, batch in enumerate(self.train_loader):
-            batch = to_device(batch, self.device, non_blocking=True)
-            images = self.input_spec.prepare(batch["image"], device=self.device)
-            if self.device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = batch["targets"][self.task]
-            mask = batch.get("target_masks", {}).get(self.task)
-            with autocast(self.device):
-                logits = self.model(images)
-            loss = self.loss_fn(logits.float(), targets, mask)
-            if not torch.isfinite(loss):
-                raise self.diverged(f"loss became {loss.item()} at epoch {self.epoch}, batch {index}")
+        batches = iter(self.train_loader)
+        for index in range(len(self.train_loader)):
+            # A rank failing to load its part, or in its forward pass or loss, must not leave the
+            # others waiting in a collective: DDP's forward holds one (its buckets are rebuilt at
+            # the second step) and backward holds the gradient all-reduce.  So every rank agrees
+            # (ddp.agree_batch: one small all-reduce; alone it just raises) before each of them.
+            failure: Exception | None = None
+            try:
+                batch = to_device(next(batches), self.device, non_blocking=True)
+                images = self.input_spec.prepare(batch["image"], device=self.device)
+                if self.device.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets = batch["targets"][self.task]
+                mask = batch.get("target_masks", {}).get(self.task)
+            except Exception as exc:  # noqa: BLE001 - raised again by agree_batch, on every rank
+                failure = exc
+            ddp.agree_batch(failure, (), self.device, "training data")
+            try:
+                with autocast(self.device):
+                    logits = model(images)
+                loss = self.loss_fn(logits.float(), targets, mask)
+                if not torch.isfinite(loss):
+                    raise self.diverged(f"loss became {loss.item()} at epoch {self.epoch}, "
+                                        f"batch {index}")
+                value, size = loss.item(), images.shape[0]
+            except Exception as exc:  # noqa: BLE001 - raised again by agree_batch, on every rank
+                failure = exc
+            if several:  # the global batch's loss: sums over the ranks' images
+                summed, size_all = ddp.agree_batch(
+                    failure, [0.0, 0.0] if failure else [value * size, size], self.device,
+                    "training")
+                batch_loss = summed / max(size_all, 1.0)
+                total += summed
+                count += int(size_all)
+            else:
+                ddp.agree_batch(failure, (), self.device, "training")  # alone: raises failure
+                batch_loss = value
+                total += value * size
+                count += size
             if self.initial_loss is None:
-                self.initial_loss = loss.item()
+                self.initial_loss = batch_loss
             if self.tensorboard is not None:
-                self.tensorboard.batch(self.step(self.epoch, index), loss.item())
+                self.tensorboard.batch(self.step(self.epoch, index), batch_loss)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss).backward()  # DDP: the mean of the ranks' gradients
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += loss.item() * images.shape[0]
-            count += images.shape[0]
             elapsed = time.perf_counter() - started
-            self.progress("batch", epoch=self.epoch, batch=index, loss=loss.item(),
+            self.progress("batch", epoch=self.epoch, batch=index, loss=batch_loss,
                           images_per_s=count / max(elapsed, 1e-9))
+        ddp.broadcast_buffers(self.model)  # rank 0's running statistics, as its checkpoint holds
         return total / max(count, 1)
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
         self.model.eval()
         logits, targets, masks = [], [], []
-        for step in run_model(self.model, self.input_spec, self.val_loader, device=self.device,
-                              amp=True):
-            batch = step.batch
-            logits.append(step.outputs.float().cpu())
-            targets.append(batch["targets"][self.task].cpu())
-            if "target_masks" in batch and self.task in batch["target_masks"]:
-                masks.append(batch["target_masks"][self.task].cpu())
+        loader = self.val_loader if self.val_loader is not None else []  # an empty shard
+        with distributed.step("validation"):  # each rank its shard (all of it alone)
+            for step in run_model(self.model, self.input_spec, loader, device=self.device,
+                                  amp=True):
+                batch = step.batch
+                logits.append(step.outputs.float().cpu())
+                targets.append(batch["targets"][self.task].cpu())
+                if "target_masks" in batch and self.task in batch["target_masks"]:
+                    masks.append(batch["target_masks"][self.task].cpu())
+        if distributed.active():  # every rank: the whole set, in dataset order
+            parts = distributed.all_gather((logits, targets, masks))
+            logits, targets, masks = ([t for part in parts for t in part[i]] for i in range(3))
+        with distributed.step("validation metrics"):
+            return self.validation_metrics(logits, targets, masks)
+
+    def validation_metrics(self, logits: list[torch.Tensor], targets: list[torch.Tensor],
+                           masks: list[torch.Tensor]) -> dict[str, Any]:
         all_logits, all_targets = torch.cat(logits), torch.cat(targets)
         all_masks = torch.cat(masks) if masks else None
         if not bool(torch.isfinite(all_logits).all()):
@@ -477,7 +562,10 @@ class _Run:
         return value > self.best_value if self.metric_mode == "max" else value < self.best_value
 
     def run(self, resumed: bool) -> TrainResult:
-        self.open_tensorboard(resumed)
+        with distributed.step("opening TensorBoard"):
+            if distributed.is_main():
+                self.open_tensorboard(resumed)
+        self.train_model = ddp.wrap(self.model, self.device)
         try:
             return self.loop(resumed)
         finally:
@@ -489,7 +577,8 @@ class _Run:
         if not resumed:
             self.history = []
             self.check_finite_weights()
-            self.save_epoch({}, improved=False)  # epoch-000.pt: the initial model
+            with distributed.step("writing checkpoints"):
+                self.save_epoch({}, improved=False)  # epoch-000.pt: the initial model
             if self.dissection_due(final=False):
                 self.quick_dissection()
         elif self.dissection_missing():
@@ -526,9 +615,10 @@ class _Run:
             self.history.append(_finite(record))
             stop = self.bad_epochs >= c.patience and self.epoch < c.epochs
             dissect = self.dissection_due(final=stop or self.epoch == c.epochs)
-            if self.tensorboard is not None:  # before the checkpoint: a resume purges it if lost
-                self.tensorboard.epoch(self.step(self.epoch), self.history[-1])
-            self.save_epoch(_finite(metrics), improved=better, keep=dissect)
+            with distributed.step("writing checkpoints"):  # rank 0 writes, the others wait
+                if self.tensorboard is not None:  # before the checkpoint: a resume purges it if lost
+                    self.tensorboard.epoch(self.step(self.epoch), self.history[-1])
+                self.save_epoch(_finite(metrics), improved=better, keep=dissect)
             self.progress("epoch_end", epoch=self.epoch, metrics=record,
                           metric=(self.metric_name, float("nan") if value is None else value),
                           best=better)
@@ -629,18 +719,53 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     again when the run fails before writing anything into it.
     """
     config.validate()
+    if config.shuffle == "auto":
+        config.shuffle = "seeded" if distributed.requested() else "generator"
+    if distributed.requested():
+        _check_torchrun(config)
+        with distributed.process_group(resolve_device(distributed.rank_device(config.device))):
+            return _train(config, progress)
+    return _train(config, progress)
+
+
+def _check_torchrun(config: TrainConfig) -> None:
+    """What training under torchrun does not do; the same one line on every rank."""
+    if config.dissect_every:
+        raise UsageError("--dissect-every is not available under torchrun; dissect the run's "
+                         "checkpoints afterwards (torchrun ... -m cxrsem dissect --model RUN/epoch-*.pt)")
+    if config.shuffle != "seeded":
+        raise UsageError(f"--shuffle {config.shuffle} draws the order of one process; under "
+                         f"torchrun the order is --shuffle seeded (resume this run as one process)")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if config.batch_size % world:
+        raise UsageError(f"--batch-size {config.batch_size} is the global batch and must divide "
+                         f"evenly among the {world} processes; use a multiple of {world}")
+
+
+def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
     out = Path(config.out)
-    to_remove = _check_run_folder(out, config.overwrite)
+    to_remove: list[Path] = []
+    with distributed.step("checking the run folder"):  # rank 0 checks, the others wait
+        if distributed.is_main():
+            to_remove = _check_run_folder(out, config.overwrite)
     run = _Run(config, progress)
 
     def body() -> TrainResult:
-        run.build()
-        with output_dir(out, scaffolding=(RUN_LOCK,)), _run_lock(out):
-            # Checked again as the folder's owner: another process may have trained into it since.
-            to_remove[:] = _check_run_folder(out, config.overwrite)
-            _remove(to_remove)  # only now: a run that fails to build leaves the old one whole
-            write_config(out, config.as_toml())
-            write_manifest(out, seed=config.seed, device=str(run.device))
+        with distributed.step("building the run"):
+            run.build()
+        with ExitStack() as owned:
+            with distributed.step("preparing the run folder"):
+                if distributed.is_main():
+                    owned.enter_context(output_dir(out, scaffolding=(RUN_LOCK,)))
+                    owned.enter_context(_run_lock(out))
+                    # Checked again as the folder's owner: another process may have trained into
+                    # it since.
+                    to_remove[:] = _check_run_folder(out, config.overwrite)
+                    _remove(to_remove)  # only now: a run that fails to build leaves the old one whole
+                    write_config(out, config.as_toml())
+                    processes = ddp.record()
+                    write_manifest(out, seed=config.seed, device=str(run.device),
+                                   extra=None if processes is None else {"distributed": processes})
             return run.run(resumed=False)
 
     return _guarded(run, body)
@@ -673,16 +798,35 @@ def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = 
     if device is not None:
         config.device = device
     config.validate()
-    _, temporaries, _ = _run_files(run_dir)
-    _remove(temporaries)
-    shutil.rmtree(run_dir / QUICK_DISSECT_DIR / ".cache", ignore_errors=True)  # of a killed dissection
+    if config.shuffle == "auto":  # recorded by a run from before --shuffle: one process's order
+        config.shuffle = "generator"
+    if distributed.requested():
+        _check_torchrun(config)
+        with distributed.process_group(resolve_device(distributed.rank_device(config.device))):
+            return _resume(run_dir, config, progress)
+    return _resume(run_dir, config, progress)
+
+
+def _resume(run_dir: Path, config: TrainConfig, progress: Progress | None) -> TrainResult:
+    with distributed.step("cleaning the run folder"):
+        if distributed.is_main():
+            _, temporaries, _ = _run_files(run_dir)
+            _remove(temporaries)
+            # of a killed dissection
+            shutil.rmtree(run_dir / QUICK_DISSECT_DIR / ".cache", ignore_errors=True)
     run = _Run(config, progress)
 
     def body() -> TrainResult:
-        run.build()
-        with _run_lock(run_dir):
-            run.restore(run_dir, load_checkpoint(run_dir / "last.pt"))  # as the folder's owner
-            write_config(run_dir, config.as_toml())
+        with distributed.step("building the run"):
+            run.build()
+        with ExitStack() as owned:
+            with distributed.step("resuming"):
+                if distributed.is_main():
+                    owned.enter_context(_run_lock(run_dir))
+                # every rank reads last.pt (rank 0 as the folder's owner)
+                run.restore(run_dir, load_checkpoint(run_dir / "last.pt"))
+                if distributed.is_main():
+                    write_config(run_dir, config.as_toml())
             return run.run(resumed=True)
 
     return _guarded(run, body)
