@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cxrsem  # noqa: E402
 from bench_dissect import write_checkpoint  # noqa: E402
+
+import cxrsem  # noqa: E402
 from cxrsem.checkpoint import build_model, load_checkpoint  # noqa: E402
 from cxrsem.dissection import DissectSettings, dissect  # noqa: E402
 from cxrsem.engine.preprocess import InputSpec  # noqa: E402

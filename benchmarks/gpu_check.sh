@@ -33,7 +33,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 step cuda-tests 120 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step bench-gpu 150 "$py" benchmarks/bench_gpu.py --device cuda --json "$out/bench-gpu.json"
-step bench-precision 60 "$py" benchmarks/bench_precision.py --device cuda
+step bench-precision 60 "$py" benchmarks/bench_precision.py --device cuda --random-init densenet121 --image-size 224 --images 512 --seg-size 112
 step quickstart-cuda 90 "$py" -m cxrsem quickstart --device cuda --out "$out/quickstart" --overwrite
 step bench-nulls-cuda 60 "$py" benchmarks/bench_nulls.py --device cuda --images 500
 cat "$out/gpu.txt" "$out/summary.txt"

@@ -28,7 +28,7 @@ BY_FILE_NAME = {"model.path", "dissection.path"}  # absolute paths of the machin
 # set (existing fields keep their values), describes its per-image statistics file and records how
 # the run was split over processes.
 ADDED_KEYS = {"<root>": {"attribution_method", "method_options", "files", "image_stats", "top_labelled"},
-              "settings": {"iou_over", "merge_concepts"}, "stats": {"distributed"}}
+              "settings": {"iou_over", "merge_concepts", "precision"}, "stats": {"distributed"}}
 # The completeness residue |sum s - (f(A) - f(0))| is float32 rounding noise (~1e-7): a change of
 # summation order moves it by its own size, so it is compared absolutely.
 RESIDUES = {"completeness.abs_gap": 1e-5, "completeness.rel_gap": 1e-4, "rel_gap": 1e-4}

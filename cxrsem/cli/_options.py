@@ -195,6 +195,11 @@ def device_option(target: Any) -> Any:
     return library_option(target, "device", "auto, cpu, cuda or cuda:N.")
 
 
+def precision_option(target: Any) -> Any:
+    return library_option(target, "precision", "Forward pass: fp32 (exact), or bf16 / fp16 under "
+                          "torch.autocast (faster on GPUs; thresholds move slightly).")
+
+
 def batch_size_option(target: Any) -> Any:
     return library_option(target, "batch_size", "Images per batch.", min=1)
 

@@ -32,6 +32,7 @@ from cxrsem.cli._options import (
     library_option,
     model_source_options,
     out_option,
+    precision_option,
     require_model,
     seed_option,
 )
@@ -93,6 +94,7 @@ def dissect_command(
                                         "map per image, as the released code (exclusive masks)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute activations even if cached."),
     cache_dtype: str = library_option(_D, "cache_dtype", "float32 (exact) or float16."),
+    precision: str = precision_option(_D),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the unit and summary PNGs."),
     out: Path | None = out_option("dissect", "model stem"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -108,6 +110,7 @@ def dissect_command(
     settings = DissectSettings(
         quantile=quantile, quantile_sample=quantile_sample, iou_threshold=iou_threshold,
         seg_size=seg_size, limit=limit, batch_size=batch_size, cache_dtype=cache_dtype,
+        precision=precision,
         use_cache=not no_cache, bootstrap=bootstrap, group_by=group_by, confidence=confidence,
         sensitivity=sensitivity, fdr=fdr, iou_over=iou_over, merge_concepts=merge_concepts,
         **null_settings(null or [], null_permutations))

@@ -88,7 +88,8 @@ def _write_set(folder: Path, result, layer, settings, *, concepts: Sequence[str]
         "iou_threshold": settings.iou_threshold, "seg_size": settings.seg_size,
         "limit": settings.limit, "batch_size": settings.batch_size, "seed": seed,
         "bootstrap": settings.bootstrap, "group_by": settings.group_by,
-        "confidence": settings.confidence, "sensitivity": settings.sensitivity}})
+        "confidence": settings.confidence, "sensitivity": settings.sensitivity,
+        "precision": getattr(settings, "precision", "fp32")}})
     # Under torchrun: {"world_size", "backend", "shards"} of the run (None on one process).
     shared = getattr(result, "distributed", None)
     write_manifest(folder, seed=seed, device=device, extra={"distributed": shared} if shared else None)

@@ -57,6 +57,12 @@ from cxrsem.dissection.topimages import TOP_IMAGES, TopImages
 from cxrsem.engine import distributed
 from cxrsem.engine.device import resolve_device
 from cxrsem.engine.layers import resolve_layers
+from cxrsem.engine.precision import (
+    DEFAULT_PRECISION,
+    check_precision,
+    reduced,
+    supported_precision,
+)
 from cxrsem.engine.preprocess import InputSpec
 from cxrsem.engine.runner import run_model
 from cxrsem.errors import DataError, UsageError
@@ -79,6 +85,7 @@ class DissectSettings:
     limit: int = 0
     batch_size: int = 32
     cache_dtype: str = "float32"
+    precision: str = DEFAULT_PRECISION  # forward pass: fp32 (exact), bf16 or fp16 (autocast)
     use_cache: bool = True
     bootstrap: int = 0              # resamples for intervals (0: none); see statistics.bootstrap
     group_by: str = "patient"       # what a resample draws: patients (where known) or images
@@ -110,6 +117,7 @@ class DissectSettings:
             raise UsageError("--limit and --quantile-sample must be 0 (all) or positive")
         if self.cache_dtype not in ("float32", "float16"):
             raise UsageError(f"cache dtype must be float32 or float16, got {self.cache_dtype!r}")
+        check_precision(self.precision)
         if self.bootstrap < 0:
             raise UsageError(f"--bootstrap must be 0 (none) or a number of resamples, got "
                              f"{self.bootstrap}")
@@ -258,7 +266,8 @@ def _forward_into(folder: Path, model: torch.nn.Module, layers: list[str], sourc
     batches = (source.batch(list(range(start, min(start + settings.batch_size, shard.stop))))
                for start in range(shard.start, shard.stop, settings.batch_size))
     try:
-        with closing(run_model(model, spec, batches, device=device, layers=layers)) as passes:
+        with closing(run_model(model, spec, batches, device=device, layers=layers,
+                               precision=settings.precision)) as passes:
             for step in passes:
                 n = step.inputs.shape[0]
                 for layer in layers:
@@ -474,6 +483,8 @@ def _prepare_model(model_path, layer_names, source_factory, settings, device, ca
                    # The same weights fed another way give other activations.
                    "input": {"channels": spec.channels,
                              "normalization": {k: list(v) for k, v in spec.normalization.items()}}}
+    if reduced(settings.precision):  # (an fp32 entry keeps the key it had before --precision)
+        description["precision"] = supported_precision(settings.precision, device)
     if distributed.active():
         sharding.check_every_rank_has_images(len(source), settings.batch_size)
         # This rank's cache entry holds only its shard: another split must not reuse it.

@@ -17,6 +17,15 @@ from torch import nn
 
 from cxrsem.engine.device import autocast
 from cxrsem.engine.layers import capture
+from cxrsem.engine.precision import (
+    DEFAULT_PRECISION,
+    as_float32,
+    channels_last,
+    forward_autocast,
+    reduced,
+    supported_precision,
+    uses_channels_last,
+)
 from cxrsem.engine.preprocess import InputSpec
 
 
@@ -34,21 +43,46 @@ class ModelPass:
 
 def run_model(model: nn.Module, spec: InputSpec, batches: Iterable[Mapping[str, Any]], *,
               device: torch.device | str, layers: Sequence[str] = (),
-              dtype: torch.dtype | None = None, amp: bool = False) -> Iterator[ModelPass]:
+              dtype: torch.dtype | None = None, amp: bool = False,
+              precision: str = DEFAULT_PRECISION) -> Iterator[ModelPass]:
     """Yield a :class:`ModelPass` per batch of ``batches`` (dicts with ``"image"``: grey
     ``[B, 1, S, S]`` in [0, 1]), running ``model`` without gradients on
     ``spec.prepare(image, device=device, dtype=dtype)`` and capturing ``layers``.
 
     ``amp`` runs the forward pass under :func:`cxrsem.engine.device.autocast` (mixed precision on
-    CUDA, nothing on CPU).  The model's mode is the caller's: put it in eval mode first.  Only the
-    forward call runs under ``no_grad``, so grad mode is unchanged while the caller holds a batch.
+    CUDA, nothing on CPU).  ``precision`` (``fp32``, ``bf16``, ``fp16``;
+    :mod:`cxrsem.engine.precision`) runs it under ``torch.autocast`` to that dtype on any device
+    (on CUDA with the model and inputs in channels_last, the model's own tensors put back
+    afterwards), and returns the activations and tensor outputs in float32; ``fp32`` is the plain
+    pass (the default; bit for bit what it was without the option).  ``amp`` and a reduced
+    ``precision`` together are an error.
+
+    The model's mode is the caller's: put it in eval mode first.  Only the forward call runs
+    under ``no_grad``, so grad mode is unchanged while the caller holds a batch.
     Forward hooks stay registered until the generator finishes; a caller that may stop early
     wraps it in :func:`contextlib.closing` so they are removed at once.
     """
-    with capture(model, list(layers)) if layers else nullcontext({}) as captured:
+    if not reduced(precision):
+        with capture(model, list(layers)) if layers else nullcontext({}) as captured:
+            for batch in batches:
+                inputs = spec.prepare(batch["image"], device=device, dtype=dtype)
+                captured.clear()
+                with torch.no_grad(), autocast(torch.device(device), enabled=amp):
+                    outputs = model(inputs)
+                yield ModelPass(batch, inputs, outputs, dict(captured))
+        return
+    if amp:
+        raise ValueError("run_model: give amp or a reduced precision, not both")
+    supported_precision(precision, device)
+    last = uses_channels_last(device, precision)
+    with channels_last(model, last), \
+            capture(model, list(layers)) if layers else nullcontext({}) as captured:
         for batch in batches:
             inputs = spec.prepare(batch["image"], device=device, dtype=dtype)
+            fed = inputs.contiguous(memory_format=torch.channels_last) if last else inputs
             captured.clear()
-            with torch.no_grad(), autocast(torch.device(device), enabled=amp):
-                outputs = model(inputs)
-            yield ModelPass(batch, inputs, outputs, dict(captured))
+            with torch.no_grad(), forward_autocast(device, precision):
+                outputs = model(fed)
+            # Statistics downstream are exact float32 arithmetic on these values.
+            activations = {k: v.float().contiguous() for k, v in captured.items()}
+            yield ModelPass(batch, inputs, as_float32(outputs), activations)

@@ -118,6 +118,8 @@ def layer_record(result, layer, settings) -> dict[str, Any]:
             "interpolation": dict(INTERPOLATION),
             "mask_rule": MASK_RULE,
             "cache_dtype": settings.cache_dtype,
+            # The forward pass's: fp32, or bf16/fp16 under torch.autocast (docs/dissection.md).
+            "precision": getattr(settings, "precision", "fp32"),
             "limit": settings.limit,
             "prepared_images": source.prepared_images(),
             # The paper's definitions unless the released code's were asked for (--iou-over all,
