@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from cxrsem import plugins
 from cxrsem.defaults import (
@@ -132,7 +133,7 @@ def test_dissect_without_out_and_layer_gets_the_defaults(here, fake_dissect, cap
     ckpt = attribution_assets(here / "m", images=0)["ckpt"]
     code, out, err = run_cli(["dissect", "--model", ckpt, "--quiet"], capsys)
     assert code == 0, err
-    assert fake_dissect["layers"] == ["features.denseblock4"]
+    assert fake_dissect["layers"] is None  # the library takes each model's default layer
     assert fake_dissect["out"] == Path("runs/dissect/model")
     assert out.strip().splitlines()[-1] == "results in runs/dissect/model"
     write(here / "runs" / "dissect" / "model" / "model" / "x", "earlier")
@@ -180,7 +181,7 @@ def test_verify_writes_to_its_default_folder(here, capsys, monkeypatch):
     ckpt = attribution_assets(here / "m", images=0)["ckpt"]
     code, out, err = run_cli(["verify", "--model", ckpt, "--dataset", "phantom", "--quiet"], capsys)
     assert code == 0, err
-    assert seen["layer"] == "features.denseblock4" and seen["out"] == Path("runs/verify/model")
+    assert seen["layer"] is None and seen["out"] == Path("runs/verify/model")
     assert "results in runs/verify/model" in out
 
 
@@ -367,6 +368,25 @@ def test_config_command_without_a_model(here, capsys):
 
 
 # -- end to end on a tiny model --------------------------------------------------------------------
+
+def test_the_library_resolves_the_default_layer_from_the_checkpoint_it_loads(here):
+    """``layers=None`` / ``layer=None``: the layer the checkpoint records, else its architecture's
+    default -- read from the checkpoint the call loads anyway (the CLI no longer loads it first)."""
+    import cxrsem
+    from cxrsem.attribution.api import _load_model
+
+    ckpt = attribution_assets(here / "m", images=0)["ckpt"]
+    result = cxrsem.dissect(ckpt, concepts="phantom", concept_options={"phantom": {"n_images": 4}},
+                            settings=cxrsem.DissectSettings(seg_size=8, batch_size=4),
+                            device="cpu")
+    assert [layer.layer for layer in result.layers] == ["features.denseblock4"]
+    model, _ = _load_model(ckpt, None, None, "cpu", "float32", "auto")
+    assert model.layer == "features.denseblock4"
+    recorded = torch.load(ckpt, weights_only=True)
+    recorded["arch"]["layer"] = "features.denseblock2"  # a checkpoint's own record wins
+    assert _load_model(recorded, None, None, "cpu", "float32", "auto")[0].layer == \
+        "features.denseblock2"
+
 
 def test_dissect_then_attribute_as_typed_with_a_project_file(here, capsys):
     assets = attribution_assets(here / "m", images=1)

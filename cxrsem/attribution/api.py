@@ -171,7 +171,7 @@ def _load(checkpoint: str | Path | Mapping[str, Any] | nn.Module,
     return load_model(str(checkpoint), model_options), str(checkpoint)
 
 
-def _load_model(checkpoint: str | Path | Mapping[str, Any] | nn.Module, layer: str,
+def _load_model(checkpoint: str | Path | Mapping[str, Any] | nn.Module, layer: str | None,
                 target: str | int | None, device: str | torch.device, dtype: str, split: str,
                 image_size: int | None = None, model_options: Mapping[str, Any] | None = None
                 ) -> tuple[_Model, Target | None]:
@@ -179,6 +179,10 @@ def _load_model(checkpoint: str | Path | Mapping[str, Any] | nn.Module, layer: s
     kind, outputs = ckpt["task"]["kind"], list(ckpt["task"]["outputs"])
     target_spec = parse_target(target, kind, outputs)
     spec = InputSpec.from_checkpoint(ckpt)
+    if not layer:  # the model's own default, read from the checkpoint loaded once
+        from cxrsem.defaults import default_layer
+
+        layer = default_layer(ckpt)
     model = build_model(ckpt, source=model_path)
     full_layer = resolve_layers(model, [layer], spec.size, spec.channels)[0]
     dev, torch_dtype = resolve_device(device), DTYPES[dtype]
@@ -303,7 +307,7 @@ def _write(result: AttributionResult, out_dir: Path, render: bool) -> None:
 
 
 def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
-              checkpoint: str | Path | Mapping[str, Any], layer: str, *,
+              checkpoint: str | Path | Mapping[str, Any], layer: str | None = None, *,
               dissection: str | Path | None = None, target: str | int | None = None,
               top_k: int = 3, method: str = "ig", rule: str | None = None,
               steps: int | None = None, method_options: Mapping[str, Any] | None = None,
@@ -319,7 +323,8 @@ def attribute(images: str | Path | Sequence[str | Path] | torch.Tensor,
     a ``SOURCE:SPEC`` model name, :func:`cxrsem.module_checkpoint` of your own module, or the
     ``nn.Module`` itself when ``images`` is a tensor (its size is the input size; default
     channels and normalisation: :mod:`cxrsem.modules`);
-    ``layer``: a module path or unambiguous suffix (``denseblock4``); ``dissection``: a
+    ``layer``: a module path or unambiguous suffix (``denseblock4``; None: the layer the
+    checkpoint records, else its architecture's ``default_layer``); ``dissection``: a
     ``dissection.json`` or a folder holding one for this model and layer; ``target``: an output
     name, an index or ``score`` (default: ``score`` for global-score and zones models, the most
     probable output for classification); ``method``: a registered attribution method (default

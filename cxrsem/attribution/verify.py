@@ -265,7 +265,7 @@ def _metric_resamples(kind: str, logits: torch.Tensor, targets: torch.Tensor, na
                                targets[torch.from_numpy(rows)], names, metric) for rows in draws])
 
 
-def verify(checkpoint: str | Path, layer: str, dataset: str, *, dissection: str | Path | None = None,
+def verify(checkpoint: str | Path, layer: str | None, dataset: str, *, dissection: str | Path | None = None,
            dataset_options: Mapping[str, Any] | None = None,
            concepts: Sequence[str] = (),
            concept_options: Mapping[str, Mapping[str, Any]] | None = None,

@@ -8,7 +8,7 @@ import enum
 import inspect
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,14 +270,6 @@ def require_model(command: str, model: str | Sequence[str] | None) -> None:
 
     if not model:
         raise UsageError(no_model_message(command))
-
-
-def layer_or_default(layer: str | None, model: str | Sequence[str],
-                     model_options: Mapping[str, Any] | None = None) -> str:
-    """``layer``, else the default layer of (the first of) ``model``'s architecture."""
-    from cxrsem.defaults import default_layer, first_model
-
-    return layer if layer else default_layer(first_model(model), model_options)
 
 
 # Options of a model source (--model torchvision:NAME, timm:NAME): the source's own option names.

@@ -25,7 +25,6 @@ from cxrsem.cli._options import (
     WeightsOption,
     batch_size_option,
     device_option,
-    layer_or_default,
     library_option,
     model_source_options,
     out_option,
@@ -100,7 +99,6 @@ def attribute(
     sources = model_source_options(weights=weights, num_outputs=num_outputs, outputs=outputs,
                                    input_size=input_size, channels=channels,
                                    normalization=normalization)
-    layer = layer_or_default(layer, model, sources)
     out = out or default_out("attribute", images_run_name(images))
     err = Console(stderr=True)
     # Under torchrun only rank 0 prints the table (every rank's images, gathered by the library).

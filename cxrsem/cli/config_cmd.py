@@ -35,9 +35,9 @@ _Derive = Callable[[dict[str, Any]], Any]
 
 
 def _layer(values: dict[str, Any], many: bool = False) -> Any:
-    from cxrsem.cli._options import layer_or_default
+    from cxrsem.defaults import default_layer, first_model
 
-    layer = layer_or_default(None, values["model"])
+    layer = default_layer(first_model(values["model"]))
     return [layer] if many else layer
 
 

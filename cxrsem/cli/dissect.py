@@ -27,7 +27,6 @@ from cxrsem.cli._options import (
     data_roots,
     device_option,
     file_config,
-    layer_or_default,
     library_default,
     library_option,
     model_source_options,
@@ -105,7 +104,6 @@ def dissect_command(
     sources = model_source_options(weights=weights, num_outputs=num_outputs, outputs=outputs,
                                    input_size=input_size, channels=channels,
                                    normalization=normalization)
-    layer = layer or [layer_or_default(None, model, sources)]
     from_file = file_config(ctx)
     settings = DissectSettings(
         quantile=quantile, quantile_sample=quantile_sample, iou_threshold=iou_threshold,
@@ -119,7 +117,7 @@ def dissect_command(
     main_rank = distributed.launched_rank() == 0
     with PhaseProgress(quiet=quiet) if main_rank else nullcontext() as progress:
         results = dissect(
-            model, layer, out=out, concepts=concepts, model_options=sources,
+            model, layer or None, out=out, concepts=concepts, model_options=sources,
             concept_options=concept_options(from_file, concept_opt),
             concept_map=parse_assignments(concept_map or [], "--map-concept"),
             data_roots=data_roots(from_file, data_root), settings=settings, device=device,

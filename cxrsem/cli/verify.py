@@ -29,7 +29,6 @@ from cxrsem.cli._options import (
     data_roots,
     device_option,
     file_config,
-    layer_or_default,
     library_option,
     model_source_options,
     out_option,
@@ -91,7 +90,6 @@ def verify_command(
     sources = model_source_options(weights=weights, num_outputs=num_outputs, outputs=outputs,
                                    input_size=input_size, channels=channels,
                                    normalization=normalization)
-    layer = layer_or_default(layer, model, sources)
     settings = VerifySettings(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), ks=parse_ks(ablate_k),
         random_draws=ablate_random, steps=steps, split=split, limit=limit, batch_size=batch_size,

@@ -408,7 +408,7 @@ def _all_labels(masks_store, count: int, batch_size: int, device: torch.device,
     return torch.cat(parts)
 
 
-def dissect_model(model_path: Path, layer_names: Sequence[str],
+def dissect_model(model_path: Path, layer_names: Sequence[str] | None,
                   source_factory: Callable[[int], ConceptSource],
                   settings: DissectSettings, device: torch.device, cache_root: Path,
                   progress: Progress, locks: ExitStack | None = None,
@@ -469,6 +469,10 @@ def _prepare_model(model_path, layer_names, source_factory, settings, device, ca
     model = build_model(checkpoint, source=model_path).to(device)
     spec = InputSpec.from_checkpoint(checkpoint)
     image_size = spec.size
+    if layer_names is None:  # the model's own default, from the checkpoint loaded once
+        from cxrsem.defaults import default_layer
+
+        layer_names = [default_layer(checkpoint, None)]
     layers = resolve_layers(model, layer_names, image_size, spec.channels)
     if lock_layers is not None:
         lock_layers(layers)
@@ -675,7 +679,7 @@ def settings_seed(result: ModelDissection, offset: int) -> int:
     return int(result.source.seed) * 1_000 + offset
 
 
-def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom",), *,
+def dissect(models: Any, layers: str | Sequence[str] | None = None, concepts: Any = ("phantom",), *,
             out: str | Path | None = None, concept_names: Sequence[str] | None = None,
             image_size: int | None = None, channels: int | None = None,
             normalization: str | Mapping[str, Any] | None = None,
@@ -692,7 +696,9 @@ def dissect(models: Any, layers: str | Sequence[str], concepts: Any = ("phantom"
     ``models``: one model or a sequence of them -- checkpoint paths or globs, ``SOURCE:SPEC``
     names, checkpoint dicts, or ``nn.Module`` objects with their input spec (``image_size``
     required; ``channels``, ``normalization``, ``outputs``, ``task``:
-    :func:`cxrsem.modules.module_checkpoint`).  ``layers``: a layer name or a sequence.
+    :func:`cxrsem.modules.module_checkpoint`).  ``layers``: a layer name or a sequence; None:
+    each model's default layer (the one its checkpoint records, else its architecture's
+    ``default_layer``: :func:`cxrsem.defaults.default_layer`).
     ``concepts``: registered concept-set names, concept-set objects, or datasets of ``(image,
     masks)`` with ``concept_names`` (:mod:`.custom_concepts`).  ``model_options``: options of the
     model sources named (``weights``, ``num_outputs``, ... of ``torchvision:NAME``).  One model gives one
@@ -731,8 +737,9 @@ def _dissect(models, layers, concepts, out, concept_names, image_size, channels,
              outputs, task, model_options, concept_options, concept_map, data_roots, settings,
              device, seed, figures, image_cache, progress):
     progress = progress or (lambda event, **info: None)
-    layers = [layers] if isinstance(layers, str) else list(layers)
-    if not layers:
+    if layers is not None:
+        layers = [layers] if isinstance(layers, str) else list(layers)
+    if layers is not None and not layers:
         raise UsageError("give at least one --layer")
     single = isinstance(models, (str, Path, Mapping, torch.nn.Module))
     concepts = [concepts] if isinstance(concepts, str) or not isinstance(concepts, Sequence) \
