@@ -24,6 +24,7 @@ from cxrsem.cli import (
     prepare,
     quickstart,
     report,
+    study,
     train,
     verify,
 )
@@ -55,7 +56,7 @@ def _root(
 
 
 for module in (prepare, train, dissect, compare, attribute, verify, report, plugins_cmd,
-               quickstart, config_cmd):
+               quickstart, config_cmd, study):
     module.register(app)
 
 
