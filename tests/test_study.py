@@ -53,7 +53,7 @@ def tiny_run(tmp_path_factory):
 def test_tiny_study_runs_end_to_end(tiny_run):
     steps = _steps(tiny_run)
     assert list(steps) == ["train/cls/seed-0", "train/sev/seed-0", "dissect/cls/seed-0",
-                           "dissect/sev/seed-0", "attribute/sev/seed-0", "report"]
+                           "dissect/sev/seed-0", "attribute/sev/seed-0", "claims", "report"]
     assert all(s["status"] == "done" and s["seconds"] > 0 for s in steps.values())
     # the severity run started from the classification run's best checkpoint
     from cxrsem.checkpoint import load_checkpoint
@@ -70,7 +70,14 @@ def test_tiny_study_runs_end_to_end(tiny_run):
     assert selection["images"][0]["severity"] >= selection["images"][1]["severity"]
     record = json.loads((tiny_run / "attribute/sev/seed-0/image-000.json").read_text())
     assert record["dissection"]["path"].startswith(str(tiny_run / "dissect/sev/seed-0"))
-    assert (tiny_run / steps["report"]["outputs"]["report"]).is_file()
+    report = (tiny_run / steps["report"]["outputs"]["report"]).read_text()
+    # the claims step's table opens the report (its arithmetic: tests/test_claims.py)
+    claims = json.loads((tiny_run / steps["claims"]["outputs"]["claims"]).read_text())
+    assert [c["spec"]["id"] for c in claims["claims"]] == ["pretraining", "opacity-over-epochs",
+                                                          "top-units"]
+    assert set(steps["claims"]["outputs"]["verdicts"].values()) <= {"holds", "does not hold",
+                                                                    "inconclusive"}
+    assert report.index("## The paper's claims, measured") < report.index("## 1. Concept")
     assert (tiny_run / "study.toml").is_file()
     assert not (tiny_run / "dissect/sev/seed-0/.cache").exists()
 
@@ -80,8 +87,8 @@ def test_rerun_skips_every_step(tiny_run, capsys):
     mtime = (tiny_run / "train/cls/seed-0/epoch-001.pt").stat().st_mtime_ns
     code, _, err = run_cli(["study", "run", TINY, "--out", tiny_run], capsys)
     assert code == 0
-    assert err.count("done already:") == 6 and "start" not in err
-    assert "[6/6]" in err
+    assert err.count("done already:") == 7 and "start" not in err
+    assert "[7/7]" in err
     assert {s: _token(tiny_run, s) for s in _steps(tiny_run)} == before
     assert (tiny_run / "train/cls/seed-0/epoch-001.pt").stat().st_mtime_ns == mtime
 
@@ -102,10 +109,10 @@ def test_killed_steps_are_redone(tiny_run, capsys):
     assert after["train/cls/seed-0"] == before["train/cls/seed-0"]   # untouched
     redone = {s for s in before if after[s] != before[s]}
     assert redone == {"train/sev/seed-0", "dissect/cls/seed-0", "dissect/sev/seed-0",
-                      "attribute/sev/seed-0", "report"}
+                      "attribute/sev/seed-0", "claims", "report"}
     assert not (tiny_run / "dissect/cls/seed-0/partial.tmp").exists()
     assert _sha(sev / "best.pt") == sha   # redone from the start: the same model
-    assert "[6/6]" in err and err.count("done already:") == 1
+    assert "[7/7]" in err and err.count("done already:") == 1
 
 
 def test_changed_settings_are_refused_then_redone(tiny_run, capsys):
@@ -126,7 +133,7 @@ def test_jobs_2_gives_the_results_of_jobs_1(tiny_run, tmp_path, capsys):
     out = tmp_path / "parallel"
     code, _, err = run_cli(["study", "run", TINY, "--out", out, "--jobs", 2,
                             "--set", "runs.sev.init=\"random\"", "--set", "attribute.enabled=false",
-                            "--set", "report.enabled=false"], capsys)
+                            "--set", "claims=[]", "--set", "report.enabled=false"], capsys)
     assert code == 0, err
     steps = _steps(out)
     assert list(steps) == ["train/cls/seed-0", "train/sev/seed-0", "dissect/cls/seed-0",
@@ -193,6 +200,8 @@ image_size = 32
     ("[runs.a]\nloss = \"bce\"\n[dissect]\nconcepts = [\"phantom\", \"covid-sge\"]\n",
      "unknown concept set 'covid-sge'; did you mean 'covid-seg'?"),
     ("[runs.a]\nloss = \"bce\"\ninit = \"imagenet\"\n", "init = \"imagenet\" needs weights"),
+    ("[runs.a]\nloss = \"bce\"\n[runs.b]\nloss = \"mse\"\n[[claims]]\nid = \"w\"\nkind = \"mor\"\n"
+     "a = \"a\"\nb = \"b\"\n", "[claims w] unknown kind 'mor'; did you mean 'more'?"),
     ("[runs.a]\nloss = \"bce\"\n[atribute]\n", "did you mean 'attribute'?"),
 ])
 def test_bad_study_file_is_one_line(tmp_path, capsys, monkeypatch, body, fragment):
@@ -210,7 +219,7 @@ def test_show_lists_steps_and_overrides_apply(tmp_path, capsys):
                             "--set", "study.seeds=[0, 1]"], capsys)
     assert code == 0
     steps = json.loads(out)
-    assert len(steps) == 11 and all(s["state"] == "missing" for s in steps)
+    assert len(steps) == 12 and all(s["state"] == "missing" for s in steps)
     assert (steps[3]["id"], steps[3]["deps"]) == ("train/sev/seed-1", ["train/cls/seed-1"])
 
 

@@ -82,14 +82,31 @@ class ReportResult:
         return self.out
 
 
+def load_claims(path: str | Path, warnings: list[str]) -> tuple[list[str], list[list[str]], str] | None:
+    """The claims table of a study's ``claims.json``: (headers, rows, note); None (with a warning)
+    when it cannot be read."""
+    from cxrsem.reporting.collect import read_json
+    from cxrsem.study.claims import CLAIM_COLUMNS, claim_rows, claims_note
+
+    data = read_json(Path(path), warnings, "claims table")
+    if data is None:
+        return None
+    try:
+        return list(CLAIM_COLUMNS), claim_rows(data["claims"]), claims_note(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        warnings.append(f"claims table {path} is not a cxrsem claims file ({exc}); skipped")
+        return None
+
+
 def build_report(dissect_dirs: Sequence[str | Path], attributions: Sequence[str | Path] = (),
                  labels: Mapping[str, str] | None = None, iou_threshold: float = DEFAULT_IOU_THRESHOLD,
                  out: str | Path = "report.html", fmt: str = "html",
-                 verify: Sequence[str | Path] = ()) -> ReportResult:
+                 verify: Sequence[str | Path] = (), claims: str | Path | None = None) -> ReportResult:
     """Write the report of the dissections under ``dissect_dirs`` (the ``cxrsem dissect --out``
     folder, a model folder, a layer folder or a ``dissection.json``) and the attributions in the
     ``attributions`` folders, with the faithfulness checks (``cxrsem verify --out``) under
-    ``verify``.
+    ``verify``; ``claims``: a study's ``claims.json`` (:mod:`cxrsem.study.claims`), whose table then
+    opens the report.
 
     ``labels`` maps a folder (or checkpoint) to the name its models get; ``fmt`` is ``html`` (one
     self-contained file) or ``md`` (Markdown plus PNGs in ``<out stem>_files/``).  Unreadable or
@@ -115,6 +132,8 @@ def build_report(dissect_dirs: Sequence[str | Path], attributions: Sequence[str 
         raise DataError(f"no valid dissection results to report: {reasons}")
     data = assemble(collected, threshold, version=__version__)
     data.faithfulness = load_verifications(verify, data.warnings)
+    if claims is not None:
+        data.claims = load_claims(claims, data.warnings)
     inputs = ([str(p) for p in dissect_dirs] + [f"attributions: {p}" for p in attributions]
               + [f"verify: {p}" for p in verify])
     files: list[Path] = []

@@ -143,6 +143,8 @@ class ReportData:
     fig_evolution: bytes | None = None
     fig_thresholds: bytes | None = None
     faithfulness: list[Verification] = field(default_factory=list)  # cxrsem verify results
+    # A study's claims table (cxrsem.study.claims: claims.json), shown first: (headers, rows, note)
+    claims: tuple[list[str], list[list[str]], str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -85,6 +85,15 @@ def _warnings(data: ReportData) -> str:
     return f'<aside class="warnings" role="note"><h2>Warnings</h2><ul>{items}</ul></aside>'
 
 
+def _section_claims(data: ReportData) -> str:
+    if data.claims is None:
+        return ""
+    headers, rows, note = data.claims
+    return ('<section id="claims"><h2>The paper\'s claims, measured <small>(a study\'s '
+            '[[claims]])</small></h2>' + table(headers, rows, sortable=False)
+            + f'<p class="note">{e(note)}</p></section>')
+
+
 def _section_detectors(data: ReportData) -> str:
     parts = ['<section id="detectors"><h2>1. Concept detectors per model <small>(paper Fig. 2)</small></h2>']
     if not data.models:
@@ -502,7 +511,8 @@ def render_html(data: ReportData, inputs: Sequence[str] = ()) -> str:
     meta = (f"{n_models} dissected model(s), {runs} run(s) over epochs, {n_attr} attributed image(s) · "
             f"detectors at IoU &gt; {e(f'{data.threshold:g}')} · generated {e(data.created)} by cxrsem "
             f"{e(data.version)}")
-    nav = ('<nav aria-label="sections"><ol>'
+    claims = '<li><a href="#claims">Claims</a></li>' if data.claims is not None else ""
+    nav = ('<nav aria-label="sections"><ol>' + claims +
            '<li><a href="#detectors">1. Detectors per model</a></li><li><a href="#evolution">2. Evolution</a>'
            '</li><li><a href="#units">3. Unit gallery</a></li><li><a href="#attributions">4. Attributions</a>'
            '</li><li><a href="#faithfulness">5. Faithfulness</a></li><li><a href="#models">6. Model cards</a>'
@@ -512,7 +522,8 @@ def render_html(data: ReportData, inputs: Sequence[str] = ()) -> str:
     inputs_html = "".join(f"<li>{e(p)}</li>" for p in inputs)
     body = "".join([
         "<header><h1>Semantic interpretation report</h1>", f'<p class="meta">{meta}</p>', nav, "</header>",
-        _warnings(data), _section_detectors(data), _section_evolution(data), _section_gallery(data),
+        _warnings(data), _section_claims(data), _section_detectors(data), _section_evolution(data),
+        _section_gallery(data),
         _section_attributions(data), _section_faithfulness(data), _section_cards(data),
         _section_thresholds(data),
         "<footer><p>Method: Khakzar et al., “Towards Semantic Interpretation of Thoracic Disease and "

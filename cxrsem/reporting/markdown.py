@@ -74,6 +74,9 @@ def render_markdown(data: ReportData, out: Path, inputs: Sequence[str] = ()) -> 
     if data.warnings:
         lines += ["**Warnings**", ""] + [f"- {md(w)}" for w in data.warnings] + [""]
 
+    if data.claims is not None:
+        headers, rows, note = data.claims
+        lines += ["## The paper's claims, measured", "", md_table(headers, rows), "", md(note), ""]
     lines += ["## 1. Concept detectors per model (paper Fig. 2)", ""]
     legend = null_legend(data.models)
     if legend is not None:

@@ -1,12 +1,14 @@
 """The steps of a study, their folders and their order.
 
 One study gives, per run and seed, ``train`` -> ``dissect`` (every kept epoch checkpoint, one
-:func:`cxrsem.dissect` call) -> ``attribute``, and one ``report`` over all of them::
+:func:`cxrsem.dissect` call) -> ``attribute``, then (when the study lists ``[[claims]]``) one
+``claims`` step and one ``report`` over all of them::
 
     OUT/train/NAME/seed-S/       the run folder of cxrsem.train (epoch-NNN.pt, best.pt, ...)
     OUT/dissect/NAME/seed-S/     cxrsem.dissect --out (epoch-NNN/<layer>/dissection.json, ...)
     OUT/attribute/NAME/seed-S/   cxrsem.attribute --out (+ selection.json: which images)
-    OUT/report/                  report.html (or report.md)
+    OUT/claims/                  claims.json, claims.md (cxrsem.study.claims)
+    OUT/report/                  report.html (or report.md), opening with the claims table
 
 A ``train`` step of a run with ``init = OTHER_RUN`` depends on ``OTHER_RUN``'s ``train`` step of
 the same seed (it starts from that step's ``best.pt``).  Each step's ``config`` (names and
@@ -24,7 +26,7 @@ from typing import Any
 
 from cxrsem.study.spec import Study
 
-KINDS = ("train", "dissect", "attribute", "report")
+KINDS = ("train", "dissect", "attribute", "claims", "report")
 
 
 @dataclass
@@ -108,12 +110,20 @@ def plan(study: Study) -> list[Step]:
                       "layer": study.dissect["layer"], "named_by": "dissect" in needs}
             steps.append(Step(sid, "attribute", run, seed, sid, list(needs.values()), config,
                               needs))
+    claims = []
+    if study.claims and any(s.kind == "dissect" for s in steps):
+        # every training (best epochs), dissection and attribution the claims read
+        inputs = [s.id for s in steps if s.kind in ("train", "dissect", "attribute")]
+        config = {"claims": study.claims, "resamples": study.dissect["bootstrap"] or 1000,
+                  "seed": study.dissect["seed"]}
+        steps.append(Step("claims", "claims", None, None, "claims", inputs, config))
+        claims = ["claims"]
     if study.report["enabled"] and any(s.kind == "dissect" for s in steps):
         inputs = [s.id for s in steps if s.kind in ("dissect", "attribute")]
         if inputs:
             config = {**{k: v for k, v in study.report.items() if k != "enabled"},
                       "inputs": inputs}
-            steps.append(Step("report", "report", None, None, "report", list(inputs), config))
+            steps.append(Step("report", "report", None, None, "report", inputs + claims, config))
     return steps
 
 

@@ -419,6 +419,22 @@ def _attribute_step(step: Step, folder: Path, out: Path, study: Mapping[str, Any
                        for row in selection}}
 
 
+def _claims_step(step: Step, folder: Path, out: Path, study: Mapping[str, Any]) -> dict[str, Any]:
+    from cxrsem.study.claims import StudyResults, evaluate_claims, write_claims
+
+    rows = []
+    for dep in step.deps:  # train/NAME/seed-S, dissect/..., attribute/...
+        kind, run, seed = dep.split("/")
+        marker = read_marker(out, dep) or {}
+        rows.append({"kind": kind, "run": run, "seed": int(seed.removeprefix("seed-")),
+                     "status": "done", "outputs": marker.get("outputs") or {}})
+    results = evaluate_claims(StudyResults(out, rows), step.config["claims"],
+                              resamples=step.config["resamples"], seed=step.config["seed"])
+    json_path, md_path = write_claims(folder, results)
+    return {"claims": _rel(json_path, out), "table": _rel(md_path, out),
+            "verdicts": {r.spec.id: r.verdict for r in results}}
+
+
 def _report_step(step: Step, folder: Path, out: Path, study: Mapping[str, Any]) -> dict[str, Any]:
     from cxrsem.reporting import build_report
 
@@ -430,6 +446,8 @@ def _report_step(step: Step, folder: Path, out: Path, study: Mapping[str, Any]) 
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"report.{config['format']}"
     kwargs = {} if config["iou_threshold"] is None else {"iou_threshold": config["iou_threshold"]}
+    if "claims" in step.deps:  # the report opens with the claims table
+        kwargs["claims"] = out / "claims" / "claims.json"
     result = build_report(dissections, attributions=attributions, labels=labels, out=target,
                           fmt=config["format"], **kwargs)
     return {"report": _rel(target, out), "warnings": list(result.warnings)}
@@ -437,7 +455,7 @@ def _report_step(step: Step, folder: Path, out: Path, study: Mapping[str, Any]) 
 
 RUNNERS: dict[str, Callable[[Step, Path, Path, Mapping[str, Any]], dict[str, Any]]] = {
     "train": _train_step, "dissect": _dissect_step, "attribute": _attribute_step,
-    "report": _report_step,
+    "claims": _claims_step, "report": _report_step,
 }
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from cxrsem.errors import CxrsemError, UsageError
 from cxrsem.plugins import unknown_name_message
+from cxrsem.study.claims import validate_claims
 
 
 class StudyError(UsageError):
@@ -101,6 +102,7 @@ class Study:
     attribute: dict[str, Any]
     report: dict[str, Any]
     overrides: list[str] = field(default_factory=list)
+    claims: list[dict[str, Any]] = field(default_factory=list)  # [[claims]]: cxrsem.study.claims
 
     def as_dict(self) -> dict[str, Any]:
         return {"study": {"name": self.name, "seeds": list(self.seeds), "device": self.device,
@@ -108,7 +110,8 @@ class Study:
                           "file": str(self.path), "overrides": list(self.overrides)},
                 "data_roots": dict(self.data_roots),
                 "runs": copy.deepcopy(self.runs), "dissect": copy.deepcopy(self.dissect),
-                "attribute": copy.deepcopy(self.attribute), "report": copy.deepcopy(self.report)}
+                "attribute": copy.deepcopy(self.attribute), "report": copy.deepcopy(self.report),
+                "claims": copy.deepcopy(self.claims)}
 
     def init_run(self, run: str) -> str | None:
         """The run whose best.pt ``run`` starts from, or None."""
@@ -225,7 +228,7 @@ def _check_type(where: _Where, table: str, key: str, value: Any, default: Any) -
 def validate_study(data: dict[str, Any], path: Path, *, overrides: Sequence[str] = (),
                    check_data: bool = True) -> Study:
     where = _Where(path)
-    where.keys("top level", data, TABLES)
+    where.keys("top level", data, (*TABLES, "claims"))
     for name in TABLES:
         where.table(data, name)
 
@@ -273,7 +276,10 @@ def validate_study(data: dict[str, Any], path: Path, *, overrides: Sequence[str]
 
     result = Study(path=path, name=name, seeds=list(seeds), device=study["device"], threads=threads,
                    data_roots=data_roots, runs=runs, dissect=dissect, attribute=attribute,
-                   report=report, overrides=list(overrides))
+                   report=report, overrides=list(overrides),
+                   claims=validate_claims(
+                       data.get("claims"), list(runs), where.error,
+                       attributed=(attribute["runs"] or list(runs)) if attribute["enabled"] else []))
     _check_components(where, result, check_data)
     return result
 
