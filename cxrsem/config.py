@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cxrsem.errors import ConfigError
+from cxrsem.errors import ConfigError, CxrsemError
 
 COMMAND_TABLES = ("train", "dissect", "compare", "attribute", "verify", "report", "quickstart",
                   "prepare")
@@ -48,17 +48,21 @@ PREFIX_KEY = "__prefix__"  # what precedes a table's name in the file: "" or "to
 META_KEYS = (PATH_KEY, SOURCE_KEY, PREFIX_KEY)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "config",
+              error: type[CxrsemError] | None = None) -> dict[str, Any]:
+    """The TOML document in ``path``; an unreadable file, bad text or bad TOML is one line of
+    ``error`` (default :class:`ConfigError`) naming ``what`` the file is."""
+    error = error or ConfigError
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from None
+        raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config {str(path)!r} is not UTF-8 text") from None
+        raise error(f"{what} {str(path)!r} is not UTF-8 text") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML in {str(path)!r}: {exc}") from None
+        raise error(f"invalid TOML in {str(path)!r}: {exc}") from None
 
 
 def load_config(path: str | Path | None) -> dict[str, Any]:
@@ -66,7 +70,7 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     path = Path(path)
-    return validate_config(_read_toml(path), path, source=f"--config {path}")
+    return validate_config(read_toml(path), path, source=f"--config {path}")
 
 
 def validate_config(data: dict[str, Any], path: Path, *, source: str, prefix: str = "") -> dict[str, Any]:
@@ -104,7 +108,7 @@ def load_project_config(directory: str | Path = ".") -> dict[str, Any]:
     directory = Path(directory)
     project = directory / PROJECT_FILE  # Path(".") / NAME is NAME: messages name it as the user sees it
     if project.is_file():
-        return validate_config(_read_toml(project), project, source=PROJECT_FILE)
+        return validate_config(read_toml(project), project, source=PROJECT_FILE)
     pyproject = directory / PYPROJECT_FILE
     try:
         text = pyproject.read_text(encoding="utf-8")
@@ -112,7 +116,7 @@ def load_project_config(directory: str | Path = ".") -> dict[str, Any]:
         return {}
     if "cxrsem" not in text:
         return {}
-    tool = _read_toml(pyproject).get("tool", {})
+    tool = read_toml(pyproject).get("tool", {})
     table = tool.get("cxrsem") if isinstance(tool, dict) else None
     if table is None:
         return {}

@@ -132,17 +132,9 @@ class Study:
 # --- loading ---------------------------------------------------------------------------------------------
 
 def read_study_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StudyError(f"cannot read study file {str(path)!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise StudyError(f"study file {str(path)!r} is not UTF-8 text") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"invalid TOML in {str(path)!r}: {exc}") from None
+    from cxrsem.config import read_toml
+
+    return read_toml(Path(path), "study file", StudyError)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
