@@ -62,7 +62,8 @@ def study(tmp_path_factory):
                 iou = naive_iou(units, labels, np.ones(30))
                 record = {"settings": {"iou_threshold": THRESHOLD}, "units": [
                     {"unit": u, "concept": CONCEPTS[int(iou[u].argmax())],
-                     "detector": bool(iou[u].max() > THRESHOLD)} for u in range(6)],
+                     "detector": bool(iou[u].max() > THRESHOLD),
+                     "significant": u % 2 == 0} for u in range(6)],
                     "num_detectors": int(counts.sum())}
                 (folder / "dissection.json").write_text(json.dumps(record))
                 models[f"epoch-{epoch:03d}"] = {"epoch": epoch, "dissection": str(
@@ -202,3 +203,22 @@ def test_a_bare_concept_name_matches_it_in_every_concept_set():
     assert _named("phantom-bbox/Mass", ["Mass"]) and _named("Mass", ["Mass"])
     assert not _named("Massive", ["Mass"]) and not _named(None, ["Mass"])
     assert not _named("phantom/Mass", ["phantom-bbox/Mass"])
+
+
+def test_significant_counts_only_the_units_that_beat_the_null(study):
+    results, labels, units_of = study
+    (claim,) = evaluate_claims(results, [ClaimSpec(id="g", kind="more", a="a", b="b",
+                                                   quantity="significant")], resamples=RESAMPLES)
+    ones = np.ones(30)
+
+    def even_detectors(run, s):
+        iou = naive_iou(units_of[(run, s, 1)], labels, ones)
+        return sum(1 for u in range(0, 6, 2) if iou[u].max() > THRESHOLD)
+
+    assert claim.per_seed == {s: even_detectors("a", s) - even_detectors("b", s) for s in (0, 1)}
+
+
+def test_a_p_value_of_zero_is_shown_as_a_bound():
+    from cxrsem.study.claims import _p_text
+
+    assert _p_text(0.0, 200) == "p < 0.01" and _p_text(0.03, 200) == "p = 0.03"

@@ -92,7 +92,8 @@ def load_claims(path: str | Path, warnings: list[str]) -> tuple[list[str], list[
     if data is None:
         return None
     try:
-        return list(CLAIM_COLUMNS), claim_rows(data["claims"]), claims_note(data)
+        return list(CLAIM_COLUMNS), claim_rows(data["claims"], data.get("resamples")), \
+            claims_note(data)
     except (KeyError, TypeError, ValueError) as exc:
         warnings.append(f"claims table {path} is not a cxrsem claims file ({exc}); skipped")
         return None

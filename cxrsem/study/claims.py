@@ -14,10 +14,11 @@ on the study's dissections and attributions with the study's seeds:
                  would give (the chance baseline).
 
 Quantities of a dissection (at its IoU threshold): ``detectors`` (detectors of ``concepts``, all
-when empty; a bare concept name also counts the concept as each concept set names it when two
-sets share it, ``phantom/Mass`` and ``phantom-bbox/Mass``), ``unique`` (how many of ``concepts``
-have a detector) and ``share`` (the fraction of the layer's detectors that detect one of
-``concepts``).
+when empty; ``significant``: only those that beat the shuffled-annotation null after
+Benjamini-Hochberg, flags fixed from the whole set; a bare concept name also counts the concept
+as each concept set names it when two sets share it, ``phantom/Mass`` and ``phantom-bbox/Mass``),
+``unique`` (how many of ``concepts`` have a detector) and ``share`` (the fraction of the layer's
+detectors that detect one of ``concepts``).
 
 **Uncertainty.** Every run of a study is dissected on the same images, so one bootstrap draw of
 those images (``resamples`` draws, by patient when the set knows patients) is applied to every
@@ -55,7 +56,7 @@ from cxrsem.statistics.bootstrap import (
 from cxrsem.statistics.imagestats import ImageStats
 
 KINDS = ("more", "more-gain", "over-epochs", "top-units")
-QUANTITIES = ("detectors", "unique", "share")
+QUANTITIES = ("detectors", "significant", "unique", "share")
 VERDICTS = ("holds", "does not hold", "inconclusive")
 ALPHA = 0.05
 CLAIM_KEYS: dict[str, Any] = {
@@ -246,16 +247,18 @@ class StudyResults:
 
 class _Resampler:
     """One draw of the dissection images shared by every layer: each layer's counts per concept,
-    ``[1 + resamples, C]`` (row 0 the point estimate), cached."""
+    ``[1 + resamples, C]`` (row 0 the point estimate), cached.  ``significant`` counts only the
+    units that beat the shuffled-annotation null in the whole set (``dissect.nulls``; their flags
+    stay fixed while the images are resampled)."""
 
     def __init__(self, resamples: int, seed: int) -> None:
         self.resamples, self.seed = resamples, seed
         self.weights: np.ndarray | None = None
         self.reference: ImageStats | None = None
-        self.cache: dict[int, tuple[list[str], np.ndarray]] = {}
+        self.cache: dict[tuple[int, bool], tuple[list[str], np.ndarray]] = {}
 
-    def counts(self, layer: _Layer) -> tuple[list[str], np.ndarray]:
-        key = id(layer)
+    def counts(self, layer: _Layer, significant: bool = False) -> tuple[list[str], np.ndarray]:
+        key = (id(layer), significant)
         if key not in self.cache:
             stats = layer.load_stats()
             if self.reference is None:
@@ -266,7 +269,18 @@ class _Resampler:
                 raise DataError(f"claims need every run dissected on the same images: "
                                 f"{layer.folder}: {problem}")
             point, draws = estimate_and_resample(stats, self.weights, layer.threshold)
-            self.cache[key] = (list(stats.concepts), np.vstack([point.counts, draws.counts]))
+            detector = np.vstack([point.detector, draws.detector])
+            best = np.vstack([point.best_concept, draws.best_concept])
+            if significant:
+                flags = [u.get("significant") for u in layer.record["units"]]
+                if any(f is None for f in flags):
+                    raise DataError(f"{layer.folder}: the quantity 'significant' needs the "
+                                    f"shuffled-annotation null (dissect.nulls = [\"shuffle\"])")
+                detector = detector & np.asarray(flags, dtype=bool)[None, :]
+            counts = np.zeros((detector.shape[0], stats.num_concepts), dtype=np.int64)
+            rows, units = np.nonzero(detector)
+            np.add.at(counts, (rows, best[rows, units]), 1)
+            self.cache[key] = (list(stats.concepts), counts)
         return self.cache[key]
 
 
@@ -331,7 +345,7 @@ def _evaluate(spec: ClaimSpec, results: StudyResults, sampler: _Resampler, confi
 
     def q(run: str, s: int, epoch: str | int, label: str | None = None) -> np.ndarray:
         layer = results.layer(run, s, epoch)
-        values = _quantity(spec, *sampler.counts(layer))
+        values = _quantity(spec, *sampler.counts(layer, spec.quantity == "significant"))
         name = label or run
         shown.setdefault(name, []).append(float(values[0]))
         null = _null_detectors(layer, spec) if spec.quantity == "detectors" else None
@@ -354,7 +368,7 @@ def _evaluate(spec: ClaimSpec, results: StudyResults, sampler: _Resampler, confi
     chance_text = ", ".join(f"{name} {np.mean(v):.3g}" for name, v in chance.items())
     if chance_text:
         chance_text = f"shuffled annotations: {chance_text}"
-    if spec.kind != "over-epochs" and spec.quantity == "detectors":
+    if spec.kind != "over-epochs" and spec.quantity in ("detectors", "significant"):
         initial = _initial_counts(spec, results, sampler)
         if initial:
             chance_text = "; ".join(filter(None, [f"random init (epoch 0): {initial}", chance_text]))
@@ -367,7 +381,8 @@ def _initial_counts(spec: ClaimSpec, results: StudyResults, sampler: _Resampler)
     or the pretrained start's for a run initialised from another."""
     parts = []
     for run in dict.fromkeys(r for r in (spec.a, spec.b, spec.a2, spec.b2) if r):
-        values = [float(_quantity(spec, *sampler.counts(results.layer(run, s, 0)))[0])
+        values = [float(_quantity(spec, *sampler.counts(results.layer(run, s, 0),
+                                                        spec.quantity == "significant"))[0])
                   for s in results.seeds if 0 in results.epochs(run, s)]
         if values:
             parts.append(f"{run} {np.mean(values):.3g}")
@@ -379,16 +394,17 @@ def _verdict(spec: ClaimSpec, samples: np.ndarray, per_seed: dict[int, float], m
     value = float(samples[0])
     low, high = (float(x) for x in interval(samples[1:], confidence))
     p = p_value(samples[1:])
+    shown = _p_text(p, len(samples) - 1)
     sign = spec.sign
     agree = sum(1 for d in per_seed.values() if d * sign > 0)
     if value * sign > 0 and p < ALPHA and agree == len(per_seed):
-        verdict, why = "holds", f"p = {p:.3g}, all {len(per_seed)} seeds agree"
+        verdict, why = "holds", f"{shown}, all {len(per_seed)} seeds agree"
     elif value * sign < 0 and p < ALPHA:
-        verdict, why = "does not hold", f"the opposite direction, p = {p:.3g}"
+        verdict, why = "does not hold", f"the opposite direction, {shown}"
     elif p < ALPHA:
-        verdict, why = "inconclusive", f"p = {p:.3g} but only {agree} of {len(per_seed)} seeds agree"
+        verdict, why = "inconclusive", f"{shown} but only {agree} of {len(per_seed)} seeds agree"
     else:
-        verdict, why = "inconclusive", f"no clear difference (p = {p:.3g})"
+        verdict, why = "inconclusive", f"no clear difference ({shown})"
     return ClaimResult(spec, value, low, high, p, per_seed, measured, chance, verdict, why)
 
 
@@ -435,9 +451,16 @@ CLAIM_COLUMNS = ("claim (paper section)", "paper's figure", "measured (mean over
                  "difference [interval], p", "per seed", "chance baseline", "verdict")
 
 
-def claim_rows(claims: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+def _p_text(p: float, resamples: int | None) -> str:
+    """A bootstrap p-value; 0 means every draw fell on one side: p < 2 / resamples."""
+    if p == 0 and resamples:
+        return f"p < {2 / resamples:.2g}"
+    return f"p = {p:.3g}"
+
+
+def claim_rows(claims: Sequence[Mapping[str, Any]], resamples: int | None = None) -> list[list[str]]:
     """The claims table's rows (:data:`CLAIM_COLUMNS`) from ``claims.json``'s ``claims`` entries
-    (:meth:`ClaimResult.to_json`)."""
+    (:meth:`ClaimResult.to_json`); ``resamples``: the bootstrap draws behind them."""
     rows = []
     for r in claims:
         s = r["spec"]
@@ -445,7 +468,8 @@ def claim_rows(claims: Sequence[Mapping[str, Any]]) -> list[list[str]]:
         seeds = ", ".join(f"{float(v):+.3g}" for v in r["per_seed"].values())
         rows.append([f"{name} ({s['section']})" if s.get("section") else name, s.get("paper", ""),
                      r["measured"],
-                     f"{r['value']:+.3g} [{r['low']:+.3g}, {r['high']:+.3g}], p = {r['p_value']:.3g}",
+                     f"{r['value']:+.3g} [{r['low']:+.3g}, {r['high']:+.3g}], "
+                     f"{_p_text(r['p_value'], resamples)}",
                      seeds, r.get("chance") or "—", f"{r['verdict']} ({r['why']})"])
     return rows
 
@@ -459,28 +483,31 @@ def claims_note(data: Mapping[str, Any]) -> str:
             f"opposite direction with p < {alpha}; inconclusive = anything else.")
 
 
-def _document(results: Sequence[ClaimResult], confidence: float) -> dict[str, Any]:
+def _document(results: Sequence[ClaimResult], confidence: float, resamples: int | None
+              ) -> dict[str, Any]:
     return {"schema": "cxrsem-claims/1", "alpha": ALPHA, "confidence": confidence,
-            "claims": [r.to_json() for r in results]}
+            "resamples": resamples, "claims": [r.to_json() for r in results]}
 
 
-def claims_markdown(results: Sequence[ClaimResult], confidence: float = 0.95) -> str:
+def claims_markdown(results: Sequence[ClaimResult], confidence: float = 0.95,
+                    resamples: int | None = None) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
-    document = _document(results, confidence)
+    document = _document(results, confidence, resamples)
     lines = ["| " + " | ".join(CLAIM_COLUMNS) + " |", "|" + "---|" * len(CLAIM_COLUMNS)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in claim_rows(document["claims"])]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |"
+              for row in claim_rows(document["claims"], resamples)]
     return "\n".join([*lines, "", claims_note(document)]) + "\n"
 
 
-def write_claims(folder: str | Path, results: Sequence[ClaimResult], confidence: float = 0.95
-                 ) -> tuple[Path, Path]:
+def write_claims(folder: str | Path, results: Sequence[ClaimResult], confidence: float = 0.95,
+                 resamples: int | None = None) -> tuple[Path, Path]:
     """``claims.json`` and ``claims.md`` in ``folder``."""
     from cxrsem.outputs import write_json, write_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    json_path = write_json(folder / "claims.json", _document(results, confidence))
-    md_path = write_text(folder / "claims.md", claims_markdown(results, confidence))
+    json_path = write_json(folder / "claims.json", _document(results, confidence, resamples))
+    md_path = write_text(folder / "claims.md", claims_markdown(results, confidence, resamples))
     return json_path, md_path

@@ -430,7 +430,7 @@ def _claims_step(step: Step, folder: Path, out: Path, study: Mapping[str, Any]) 
                      "status": "done", "outputs": marker.get("outputs") or {}})
     results = evaluate_claims(StudyResults(out, rows), step.config["claims"],
                               resamples=step.config["resamples"], seed=step.config["seed"])
-    json_path, md_path = write_claims(folder, results)
+    json_path, md_path = write_claims(folder, results, resamples=step.config["resamples"])
     return {"claims": _rel(json_path, out), "table": _rel(md_path, out),
             "verdicts": {r.spec.id: r.verdict for r in results}}
 
