@@ -200,6 +200,8 @@ image_size = 32
     ("[runs.a]\nloss = \"bce\"\n[dissect]\nconcepts = [\"phantom\", \"covid-sge\"]\n",
      "unknown concept set 'covid-sge'; did you mean 'covid-seg'?"),
     ("[runs.a]\nloss = \"bce\"\ninit = \"imagenet\"\n", "init = \"imagenet\" needs weights"),
+    ("[runs.a]\nloss = \"bce\"\n[dissect]\nshared = \"drop\"\n",
+     "[dissect] shared must be flag or exclude, got 'drop'"),
     ("[runs.a]\nloss = \"bce\"\n[runs.b]\nloss = \"mse\"\n[[claims]]\nid = \"w\"\nkind = \"mor\"\n"
      "a = \"a\"\nb = \"b\"\n", "[claims w] unknown kind 'mor'; did you mean 'more'?"),
     ("[runs.a]\nloss = \"bce\"\n[atribute]\n", "did you mean 'attribute'?"),
@@ -247,3 +249,17 @@ def test_a_step_needs_its_inputs_done(tmp_path, capsys):
     code, _, err = run_cli(["study", "run", TINY, "--out", out, "--step", "trian/*"], capsys)
     assert code == 2 and err.count("\n") == 1 and "unknown step 'trian/*'" in err
     assert not out.exists()
+
+
+def test_shared_flag_is_the_default_and_keeps_the_step_hash(tmp_path):
+    """``dissect.shared = "flag"`` is what a study without the key did: its dissect steps keep
+    their config (and so their done-markers); "exclude" is a different step."""
+    from cxrsem.study.plan import plan
+    from cxrsem.study.spec import load_study
+
+    def dissect_configs(*overrides):
+        steps = plan(load_study(TINY, list(overrides)))
+        return [s.config for s in steps if s.kind == "dissect"]
+
+    assert dissect_configs() == dissect_configs('dissect.shared="flag"')
+    assert dissect_configs() != dissect_configs('dissect.shared="exclude"')

@@ -108,7 +108,7 @@ class CovidSegmentations(ConceptSet):
 
 
 def make_covid_seg(*, image_size: int, mask_size: int, root: Path, seed: int, limit: int = 0,
-                   include_chest_tube: bool = False) -> CovidSegmentations:
+                   include_chest_tube: bool = False, exclude: str = "") -> CovidSegmentations:
     name = "covid-seg"
     if root is None or not Path(root).is_dir():
         raise DataError(f"{name}: data root {root} is not a folder; expected layout: {LAYOUT}")
@@ -187,6 +187,16 @@ def make_covid_seg(*, image_size: int, mask_size: int, root: Path, seed: int, li
     if not names:
         raise DataError(f"{name}: no annotated image of {structure} was found in {root}/images/; "
                         f"expected layout: {LAYOUT}")
+    # Images left out on request (e.g. those a severity model was trained on): by Filename.
+    left_out = {n.strip() for n in exclude.split(",") if n.strip()}
+    problems.append(warn_listed(name, "images to exclude that the set does not hold",
+                                sorted(left_out - set(names))))
+    kept = [i for i, n in enumerate(names) if n not in left_out]
+    excluded = len(names) - len(kept)
+    names, image_paths, sizes = ([names[i] for i in kept], [image_paths[i] for i in kept],
+                                 [sizes[i] for i in kept])
+    if not names:
+        raise DataError(f"{name}: exclude leaves no image")
     chosen = subset(len(names), limit, seed)
     ds = CovidSegmentations(
         name=name, image_size=image_size, mask_size=mask_size,
@@ -202,6 +212,7 @@ def make_covid_seg(*, image_size: int, mask_size: int, root: Path, seed: int, li
            + ", ".join(f"{k} {v}" for k, v in no_mask.most_common()) + ")" if skipped else ""),
         f"  concept set: {fmt(len(chosen))} images"
         + (f" (a seeded sample of {limit})" if 0 < limit < len(names) else "")
+        + (f", {excluded} excluded" if excluded else "")
         + f", masks at {mask_size} x {mask_size}",
     ]
     return ds
@@ -219,5 +230,7 @@ def register_concept_sets(register) -> None:
             Option("limit", int, 0, "use a seeded sample of this many images (0 = all)"),
             Option("include_chest_tube", bool, False,
                    "also list the authors' 14th concept, Chest Tube (no masks: count 0)"),
+            Option("exclude", str, "", "comma-separated image file names (structure.csv's "
+                   "Filename) to leave out, e.g. the images a model was trained on"),
         ),
     ))

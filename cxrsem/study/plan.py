@@ -87,6 +87,8 @@ def plan(study: Study) -> list[Step]:
                               list(needs.values()), config, needs))
     dissect_config = {k: v for k, v in study.dissect.items()
                       if k not in ("enabled", "runs", "image_cache", "keep_cache")}
+    if dissect_config["shared"] == "flag":  # the default: studies done before it keep their hash
+        del dissect_config["shared"]
     for seed in study.seeds:
         for run in study.runs:
             if run not in dissected:

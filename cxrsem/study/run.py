@@ -256,9 +256,17 @@ def _dissect_step(step: Step, folder: Path, out: Path, study: Mapping[str, Any])
                          f"{run_dir} (it has {', '.join(map(str, sorted(found))) or 'none'})")
     models = [found[e] for e in wanted]
     layer = _layer(models[0], config["layer"])
+    shared = shared_images(study["runs"][step.run], step.seed, config, study["data_roots"])
+    concept_options = {k: dict(v) for k, v in config["concept_options"].items()}
+    if config["shared"] == "exclude":
+        for name, entry in shared.items():
+            options = concept_options.setdefault(name, {})
+            given = [i for i in str(options.get("exclude", "")).split(",") if i.strip()]
+            options["exclude"] = ",".join(
+                sorted({*given, *(i for ids in entry["ids"].values() for i in ids)}))
     results = dissect(
         [str(m) for m in models], [layer], list(config["concepts"]), out=folder,
-        concept_options={k: dict(v) for k, v in config["concept_options"].items()},
+        concept_options=concept_options,
         data_roots=study["data_roots"], settings=dissect_settings(config),
         device=study["study"]["device"], seed=config["seed"], figures=config["figures"],
         image_cache=config["image_cache"])
@@ -273,7 +281,6 @@ def _dissect_step(step: Step, folder: Path, out: Path, study: Mapping[str, Any])
             "checkpoint": _rel(model, out), "epoch": _epoch_of(model),
             "dissection": _rel(record, out) if record is not None else None,
             "detectors": sum(len(u) for u in layer_result.detectors(threshold).values())}
-    shared = shared_images(study["runs"][step.run], step.seed, config, study["data_roots"])
     if shared:
         from cxrsem.outputs import write_json
 
@@ -288,10 +295,14 @@ SHARED_FILE = "shared-images.json"
 
 def shared_images(run: Mapping[str, Any], seed: int, dissect: Mapping[str, Any],
                   data_roots: Mapping[str, str]) -> dict[str, Any]:
-    """Concept-set images that the run's dataset also holds, per split: **flagged, not
-    excluded** (the dissection uses every image of its concept sets).  Only where both expose
-    their ids without decoding an image; ``{}`` when nothing is shared."""
+    """Concept-set images that the run's dataset also holds, per split, and what the study did
+    with them (``dissect.shared``): **flagged** (dissected; recorded here) or **excluded** (left
+    out through the concept set's ``exclude`` option).  Only where both expose their ids without
+    decoding an image; ``{}`` when nothing is shared."""
     from cxrsem.api import build_dataset, create_concept_set, resolve_component
+    from cxrsem.plugins import get
+
+    policy = dissect.get("shared", "flag")
 
     info, options = resolve_component("dataset", run["dataset"], run["dataset_options"])
     by_split = {}
@@ -313,8 +324,13 @@ def shared_images(run: Mapping[str, Any], seed: int, dissect: Mapping[str, Any],
             continue
         counts = {split: sorted(set(ids) & held) for split, held in by_split.items()}
         total = sum(len(v) for v in counts.values())
+        if total and policy == "exclude" and "exclude" not in {
+                o.name for o in get("concept_set", name).options}:
+            raise StudyError(f"dissect.shared = \"exclude\": concept set {name} has no exclude "
+                             f"option; use shared = \"flag\"")
         if total:
-            found[name] = {"policy": "flagged, not excluded", "concept_images": len(ids),
+            found[name] = {"policy": "flagged, not excluded" if policy == "flag" else "excluded",
+                           "concept_images": len(ids),
                            "shared": total, **{split: len(v) for split, v in counts.items()},
                            "ids": counts}
     return found

@@ -70,6 +70,9 @@ DISSECT_KEYS: dict[str, Any] = {
     "nulls": [], "quantile": None, "iou_threshold": None, "seg_size": 112, "limit": 0,
     "batch_size": 32, "bootstrap": 0, "group_by": "patient", "confidence": None, "fdr": None,
     "sensitivity": False, "precision": None, "cache_dtype": "float32", "image_cache": None,
+    # concept-set images the run's dataset also holds: "flag" (dissected, recorded) or "exclude"
+    # (left out of the dissection, through the concept set's `exclude` option)
+    "shared": "flag",
 }
 # DissectSettings fields a study may set (None above: the library's default).
 SETTINGS_KEYS = ("quantile", "iou_threshold", "seg_size", "limit", "batch_size", "bootstrap",
@@ -386,6 +389,8 @@ def _check_dissect(where: _Where, dissect: dict[str, Any], runs: Mapping[str, An
         raise where.error("dissect", "nulls must be a list like [\"shuffle:100\", \"random-init:2\"]")
     if dissect["layer"] is not None and not isinstance(dissect["layer"], str):
         raise where.error("dissect", "layer must be a layer name")
+    if dissect["shared"] not in ("flag", "exclude"):
+        raise where.error("dissect", f"shared must be flag or exclude, got {dissect['shared']!r}")
     try:
         dissect_settings(dissect).validate()
     except CxrsemError as exc:

@@ -118,3 +118,18 @@ def test_unknown_concept_kept_with_warning(tmp_path, fx):
         cs = make_covid_seg(image_size=8, mask_size=8, root=root, seed=0)
     assert cs.concepts[-1] == "Lung Nodule" and cs.concept_counts()["Lung Nodule"] == 1
     assert cs.concept_counts()["Consolidation"] == 0
+
+
+def test_exclude_leaves_the_named_images_out(covid_root):
+    everything = covid(covid_root)
+    left_out = everything.ids[0]
+    cs = covid(covid_root, exclude=f" {left_out} ,")
+    assert cs.ids == everything.ids[1:]
+    # the kept images keep their own masks (the annotations stay aligned with the images)
+    assert np.array_equal(cs[0]["masks"], everything[1]["masks"])
+    assert any("1 excluded" in line for line in cs.summary)
+    with pytest.warns(UserWarning, match="images to exclude that the set does not hold: nope.png"):
+        make_covid_seg(image_size=32, mask_size=16, root=covid_root, seed=0,
+                       exclude=f"{left_out},nope.png")
+    with pytest.raises(DataError, match="exclude leaves no image"):
+        covid(covid_root, exclude=",".join(everything.ids))
