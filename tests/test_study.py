@@ -263,3 +263,21 @@ def test_shared_flag_is_the_default_and_keeps_the_step_hash(tmp_path):
 
     assert dissect_configs() == dissect_configs('dissect.shared="flag"')
     assert dissect_configs() != dissect_configs('dissect.shared="exclude"')
+
+
+def test_step_configs_record_only_options_that_differ_from_the_defaults():
+    """A plugin that adds an option (with a default) leaves finished steps done: a step's config
+    holds the component options the study changed, not the resolved defaults."""
+    from cxrsem.study.plan import plan
+    from cxrsem.study.spec import load_study
+
+    def configs(*overrides):
+        return {s.id: s.config for s in plan(load_study(TINY, list(overrides)))
+                if s.kind in ("train", "dissect")}
+
+    plain = configs()
+    assert plain == configs('runs.cls.dataset_options.prevalence=""',   # the default, spelled out
+                            "dissect.concept_options.phantom.split=\"test\"")
+    assert plain["train/cls/seed-0"]["dataset_options"] == {"n_train": 32, "n_val": 16, "n_test": 16}
+    assert plain["dissect/cls/seed-0"]["concept_options"] == {"phantom": {"n_images": 16}}
+    assert plain != configs("runs.cls.dataset_options.n_val=8")

@@ -67,6 +67,15 @@ def _train_order(study: Study) -> list[str]:
     return ordered
 
 
+def _given(kind: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without the values equal to the component's defaults: what a step config
+    records, so that a plugin adding an option (with a default) leaves finished steps done."""
+    from cxrsem.plugins import get
+
+    defaults = get(kind, name).defaults()
+    return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+
+
 def plan(study: Study) -> list[Step]:
     """Every step of ``study`` in an order that respects the dependencies."""
     steps: list[Step] = []
@@ -77,6 +86,10 @@ def plan(study: Study) -> list[Step]:
         for run in ordered:
             config = {**study.runs[run], "seed": seed}
             config.pop("image_cache")  # where prepared images live, not what is trained
+            for key, kind, name in (("dataset_options", "dataset", config["dataset"]),
+                                    ("loss_options", "loss", config["loss"]),
+                                    ("arch_options", "architecture", config["arch"])):
+                config[key] = _given(kind, name, config[key])
             needs = {}
             parent = study.init_run(run)
             if parent is not None:
@@ -89,6 +102,9 @@ def plan(study: Study) -> list[Step]:
                       if k not in ("enabled", "runs", "image_cache", "keep_cache")}
     if dissect_config["shared"] == "flag":  # the default: studies done before it keep their hash
         del dissect_config["shared"]
+    dissect_config["concept_options"] = {
+        name: _given("concept_set", name, options)
+        for name, options in dissect_config["concept_options"].items()}
     for seed in study.seeds:
         for run in study.runs:
             if run not in dissected:
