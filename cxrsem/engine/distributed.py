@@ -123,12 +123,14 @@ def batch_shard(count: int, batch_size: int) -> range:
     return shard(count, block=batch_size)
 
 
-def describe() -> dict[str, Any] | None:
+def describe(shards: str | None = "contiguous") -> dict[str, Any] | None:
     """``{"world_size", "backend", "shards"}`` of a run of several ranks (None alone): what a
-    result's manifest records about how the work was split."""
+    result's manifest records about how the work was split (``shards=None``: work not split into
+    shards of items, e.g. DDP training, records no ``shards``)."""
     if not active():
         return None
-    return {"world_size": world_size(), "backend": backend(), "shards": "contiguous"}
+    out: dict[str, Any] = {"world_size": world_size(), "backend": backend()}
+    return out if shards is None else {**out, "shards": shards}
 
 
 def all_gather(obj: Any) -> list[Any]:

@@ -256,10 +256,29 @@ class _Resampler:
         self.weights: np.ndarray | None = None
         self.reference: ImageStats | None = None
         self.cache: dict[tuple[int, bool], tuple[list[str], np.ndarray]] = {}
+        self.units: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
 
     def counts(self, layer: _Layer, significant: bool = False) -> tuple[list[str], np.ndarray]:
         key = (id(layer), significant)
         if key not in self.cache:
+            concepts, detector, best = self._resampled(layer)
+            if significant:
+                flags = [u.get("significant") for u in layer.record["units"]]
+                if any(f is None for f in flags):
+                    raise DataError(f"{layer.folder}: the quantity 'significant' needs the "
+                                    f"shuffled-annotation null (dissect.nulls = [\"shuffle\"])")
+                detector = detector & np.asarray(flags, dtype=bool)[None, :]
+            counts = np.zeros((detector.shape[0], len(concepts)), dtype=np.int64)
+            rows, units = np.nonzero(detector)
+            np.add.at(counts, (rows, best[rows, units]), 1)
+            self.cache[key] = (concepts, counts)
+        return self.cache[key]
+
+    def _resampled(self, layer: _Layer) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The layer's detectors and best concepts ``[1 + resamples, K]`` under the shared draws:
+        one resampling per layer, whichever quantities are counted from it."""
+        key = id(layer)
+        if key not in self.units:
             stats = layer.load_stats()
             if self.reference is None:
                 self.reference = stats
@@ -269,19 +288,9 @@ class _Resampler:
                 raise DataError(f"claims need every run dissected on the same images: "
                                 f"{layer.folder}: {problem}")
             point, draws = estimate_and_resample(stats, self.weights, layer.threshold)
-            detector = np.vstack([point.detector, draws.detector])
-            best = np.vstack([point.best_concept, draws.best_concept])
-            if significant:
-                flags = [u.get("significant") for u in layer.record["units"]]
-                if any(f is None for f in flags):
-                    raise DataError(f"{layer.folder}: the quantity 'significant' needs the "
-                                    f"shuffled-annotation null (dissect.nulls = [\"shuffle\"])")
-                detector = detector & np.asarray(flags, dtype=bool)[None, :]
-            counts = np.zeros((detector.shape[0], stats.num_concepts), dtype=np.int64)
-            rows, units = np.nonzero(detector)
-            np.add.at(counts, (rows, best[rows, units]), 1)
-            self.cache[key] = (list(stats.concepts), counts)
-        return self.cache[key]
+            self.units[key] = (list(stats.concepts), np.vstack([point.detector, draws.detector]),
+                               np.vstack([point.best_concept, draws.best_concept]))
+        return self.units[key]
 
 
 def _named(concept: str | None, wanted: Sequence[str]) -> bool:
@@ -418,18 +427,18 @@ def _top_units(spec: ClaimSpec, results: StudyResults, confidence: float, resamp
             outputs = results.attributions.get((run, s))
             if outputs is None:
                 raise DataError(f"claim {spec.id}: run {run!r} seed {s} has no attribution step")
+            # the dissection of the attributed weights (the study attributes `spec.epoch`)
+            labels = [u["concept"] for u in results.layer(run, s, spec.epoch).record["units"]
+                      if u["detector"]]
+            chance = sum(_named(c, spec.concepts) for c in labels) / len(labels) if labels else 0.0
             for image in outputs.get("images", {}).values():
                 data = json.loads((results.out / image["json"]).read_text(encoding="utf-8"))
                 if not data.get("dissection"):
                     raise DataError(f"claim {spec.id}: {image['json']} was attributed without a "
                                     f"dissection (its units have no concepts)")
                 top = data.get("top_labelled") or {}
-                # the dissection of the attributed weights (the study attributes `spec.epoch`)
-                units = results.layer(run, s, spec.epoch).record["units"]
-                labels = [u["concept"] for u in units if u["detector"]]
                 hits.append(1.0 if _named(top.get("concept"), spec.concepts) else 0.0)
-                chances.append(sum(_named(c, spec.concepts) for c in labels) / len(labels)
-                               if labels else 0.0)
+                chances.append(chance)
                 seeds.append(s)
     if not hits:
         raise DataError(f"claim {spec.id}: no attributed images")

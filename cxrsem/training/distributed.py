@@ -72,10 +72,3 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                    forward_sync_buffers=False)
 
-
-def record() -> dict[str, object] | None:
-    """What a run records about its processes (checkpoint ``train.distributed``, manifest):
-    None alone."""
-    if not distributed.active():
-        return None
-    return {"world_size": distributed.world_size(), "backend": distributed.backend()}

@@ -337,7 +337,7 @@ class _Run:
         c = self.config
         train = {"dataset": c.dataset, "loss": c.loss, "init": c.init, "epoch": self.epoch,
                  "metrics": metrics, "config": toml_ready(c.as_toml())}
-        processes = ddp.record()
+        processes = distributed.describe(shards=None)
         if processes is not None:  # {"world_size", "backend"} of the processes that trained it
             train["distributed"] = processes
         return make_checkpoint(  # self.model: the plain module, never DDP's ("module." names)
@@ -763,7 +763,7 @@ def _train(config: TrainConfig, progress: Progress | None) -> TrainResult:
                     to_remove[:] = _check_run_folder(out, config.overwrite)
                     _remove(to_remove)  # only now: a run that fails to build leaves the old one whole
                     write_config(out, config.as_toml())
-                    processes = ddp.record()
+                    processes = distributed.describe(shards=None)
                     write_manifest(out, seed=config.seed, device=str(run.device),
                                    extra=None if processes is None else {"distributed": processes})
             return run.run(resumed=False)
